@@ -6,6 +6,7 @@ Pruning, ablation and the end-to-end analysis all consume :class:`Subroutine`; a
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -104,6 +105,31 @@ class Subroutine:
                     raise TypeError("Subroutine data must yield (inputs, targets) pairs; got a "
                                     f"batch of type {type(batch).__name__}")
                 yield batch[0], torch.as_tensor(batch[1])
+
+    def holdout(self, fraction: float, seed: int = 0) -> tuple["Subroutine", "Subroutine"]:
+        """``(rest, held out)``: a seeded random ``fraction`` of the examples (of the batches, for
+        a list of several batches) set aside, e.g. to choose hyperparameters on."""
+        data = self.data
+        if _is_tensor_pair(data) or isinstance(data, torch.utils.data.Dataset):
+            n = len(data[1]) if _is_tensor_pair(data) else len(data)
+        else:
+            data = list(data)
+            n = len(data)
+            if n == 1:  # one batch: split its examples
+                data, n = (data[0][0], torch.as_tensor(data[0][1])), len(data[0][1])
+        k = round(fraction * n)
+        if not 1 <= k < n:
+            raise ValueError(f"cannot hold out {fraction:.0%} of {n} examples or batches: pass "
+                             "held-out data explicitly (validation=...)")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        parts = order[k:].sort().values, order[:k].sort().values
+        if _is_tensor_pair(data):
+            pieces = [(index_inputs(data[0], idx), data[1][idx]) for idx in parts]
+        elif isinstance(data, torch.utils.data.Dataset):
+            pieces = [torch.utils.data.Subset(data, idx.tolist()) for idx in parts]
+        else:
+            pieces = [[data[i] for i in idx.tolist()] for idx in parts]
+        return tuple(dataclasses.replace(self, data=piece) for piece in pieces)
 
     def targets(self) -> torch.Tensor:
         """All targets, concatenated."""

@@ -7,7 +7,7 @@ from torch import nn
 
 import modprobe as mp
 from modprobe.pruning import MaskConfig, Subnetwork, train_subnetwork, train_subnetworks
-from modprobe.pruning.masks import MaskSet, layout
+from modprobe.pruning.masks import MaskSet, _Slot, layout
 
 
 def _branch(d, h):
@@ -126,10 +126,46 @@ def test_masked_model_starts_as_the_unmasked_function(planted):
     weights = planted.params(names)
     for init in (0.05, 0.5, 2.0):
         masks = MaskSet(slots, weights, "continuous", init)
-        gate, _ = masks.gates(beta=1.0)
+        masked, _ = masks.masked(beta=1.0)
         x = torch.randn(16, 16)
-        assert torch.allclose(planted.forward_with(masks.masked_weights(gate), x), planted(x),
-                              atol=1e-6)
+        assert torch.allclose(planted.forward_with(masked, x), planted(x), atol=1e-6)
+
+
+def _slots(model, names, kind):
+    """Slots of every layout the masks support, including grouped (head-like) units on any axis."""
+    if kind in ("weight", "neuron"):
+        return layout(model, names, kind)
+    shapes = {n: tuple(w.shape) for n, w in model.params(names).items()}
+    if kind == "input_columns":
+        return [_Slot(n, shape, shape[1], 1, 1) for n, shape in shapes.items()]
+    return [_Slot(n, shape, shape[0] // 2, 0, 2) for n, shape in shapes.items()]  # "heads" of 2 rows
+
+
+@pytest.mark.parametrize("kind", ["weight", "neuron", "input_columns", "grouped_rows"])
+def test_hand_written_mask_gradient_matches_autograd(planted, kind):
+    names = planted.param_names("*.weight")
+    slots = _slots(planted, names, kind)
+    weights = planted.params(names)
+    masks = MaskSet(slots, weights, "continuous", init=0.5)
+    with torch.no_grad():
+        masks.logits.copy_(torch.randn(masks.logits.shape, generator=torch.Generator().manual_seed(0)))
+    beta, lam, x = 2.0, 3.0, torch.randn(16, 16)  # beta * init = 1: the rescale r is far from 1
+    masked, kept = masks.masked(beta)
+    ours = torch.autograd.grad(planted.forward_with(masked, x).square().mean() + lam * kept,
+                               [masks.logits])[0].clone()
+
+    s = masks.logits.detach().clone().requires_grad_(True)
+    keep = torch.sigmoid(beta * s)
+    r = 1.0 + math.exp(-beta * 0.5)  # 1 / sigmoid(beta * init)
+    parts = keep.split([sl.n_units for sl in slots])
+    reference = {sl.name: weights[sl.name] * sl.broadcast(p) * r for sl, p in zip(slots, parts)}
+    sizes = torch.cat([torch.full((sl.n_units,), float(sl.unit_size)) for sl in slots])
+    ref_kept = (keep * sizes).sum() / sizes.sum()
+    expected = torch.autograd.grad(planted.forward_with(reference, x).square().mean()
+                                   + lam * ref_kept, [s])[0]
+    assert float(kept.detach()) == pytest.approx(float(ref_kept.detach()), rel=1e-6)
+    assert all(torch.allclose(masked[n], reference[n], atol=1e-7) for n in names)
+    assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-8)
 
 
 def test_same_seed_gives_identical_masks(planted):
@@ -303,15 +339,26 @@ def test_patterns_that_match_nothing_are_rejected(planted):
         train_subnetwork(planted, (x, y), MaskConfig(params=["c.*.weight"]), progress=False)
 
 
-def test_a_grid_without_validation_data_is_rejected(planted):
-    x, y = torch.randn(8, 16), torch.zeros(8, dtype=torch.long)
-    with pytest.raises(ValueError, match="validation="):
-        train_subnetwork(planted, (x, y), MaskConfig(l0_lambda=(0.1, 1.0)), progress=False)
+def test_a_grid_without_validation_data_holds_out_part_of_the_training_data(planted):
+    sub = _subroutines(500, seed=5)["A"]
+    subnet = train_subnetwork(planted, sub, MaskConfig(l0_lambda=(0.1, 1.0), epochs=4),
+                              progress=False)
+    assert len(subnet.selection) == 2 and "val_accuracy" in subnet.metrics
+    assert any("20% of the training data" in note for note in subnet.notes)
+    rest, held = sub.holdout(0.2, seed=0)
+    assert subnet.metrics["val_full_accuracy"] == pytest.approx(
+        mp.subroutine.evaluate(planted, held, None))
+    with pytest.raises(ValueError, match="validation="):  # too little data to hold any out
+        train_subnetwork(planted, (torch.randn(2, 16), torch.zeros(2, dtype=torch.long)),
+                         MaskConfig(l0_lambda=(0.1, 1.0)), progress=False)
 
 
 def test_config_validation_explains_the_init_rescale():
     with pytest.raises(ValueError, match="init must be > 0"):
         MaskConfig(init=0.0)
+    with pytest.raises(ValueError, match="would still be 2.000 at the end"):  # 1/sigmoid(0)
+        MaskConfig(init=1e-9)
+    assert MaskConfig(init=0.01, beta_max=1000).init == 0.01  # 1/sigmoid(10) fades to 1
     with pytest.raises(ValueError, match="method"):
         MaskConfig(method="snip")
     assert MaskConfig(method="hard_concrete", init=0.0).init == 0.0

@@ -21,6 +21,28 @@ def test_tensor_pair_dataset_and_batch_list_give_the_same_examples():
         assert len(sub) == 10
 
 
+@pytest.mark.parametrize("form", ["pair", "dataset", "batches", "one_batch"])
+def test_holdout_splits_the_examples_disjointly_and_reproducibly(form):
+    x, y = _pair(20)
+    data = {"pair": (x, y), "dataset": torch.utils.data.TensorDataset(x, y),
+            "batches": [(x[i:i + 2], y[i:i + 2]) for i in range(0, 20, 2)],
+            "one_batch": [(x, y)]}[form]
+    sub = Subroutine(data, batch_size=4)
+    rest, held = sub.holdout(0.2, seed=3)
+    rows = lambda part: torch.cat([i for i, _ in part.batches()])  # noqa: E731
+    kept, out = rows(rest), rows(held)
+    assert len(out) == 4 and len(kept) == 16
+    assert sorted(torch.cat([kept, out])[:, 0].tolist()) == sorted(x[:, 0].tolist())
+    assert torch.equal(rows(sub.holdout(0.2, seed=3)[1]), out)
+    assert not torch.equal(rows(sub.holdout(0.2, seed=4)[1]), out)
+    assert rest.batch_size == 4
+
+
+def test_holdout_needs_enough_examples():
+    with pytest.raises(ValueError, match="validation="):
+        Subroutine(_pair(2)).holdout(0.2)
+
+
 def test_shuffled_batches_are_a_seeded_permutation():
     x, y = _pair()
     sub = Subroutine((x, y), batch_size=3)

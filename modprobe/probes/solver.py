@@ -50,9 +50,15 @@ class Problems:
         self.groups = _groups(k)
 
     def subset(self, keep_b: torch.Tensor, keep_q: torch.Tensor) -> "Problems":
-        return Problems(self.x[keep_b], self.w[keep_b], self.y[keep_b][:, keep_q], self.k[keep_q],
-                        self.lam[keep_b][:, keep_q], self.eigval[keep_b], self.eigvec[keep_b],
-                        self.xt[keep_b])
+        """The problems ``keep_q`` of batch entries ``keep_b``; the features are copied only
+        when some batch entry goes (they are most of the memory)."""
+        if bool(keep_b.all()):
+            x, w, xt, eigval, eigvec = self.x, self.w, self.xt, self.eigval, self.eigvec
+        else:
+            x, w, xt = self.x[keep_b], self.w[keep_b], self.xt[keep_b]
+            eigval, eigvec = self.eigval[keep_b], self.eigvec[keep_b]
+        return Problems(x, w, self.y[keep_b][:, keep_q], self.k[keep_q],
+                        self.lam[keep_b][:, keep_q], eigval, eigvec, xt)
 
     def per_problem(self, cols: torch.Tensor, how: str = "sum") -> torch.Tensor:
         """(b, C) per-column values -> (b, Q) per-problem sum (or "amax")."""

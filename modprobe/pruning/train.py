@@ -27,6 +27,8 @@ from .subnetwork import Subnetwork
 # epoch (zero flips on small models; on a 10 M-entry transformer a few hundred noisy entries near
 # the threshold keep flipping long after the mask has settled).
 _STABLE_FRACTION = 1e-4
+# Share of a subroutine's data held out to choose among grid settings when none is given.
+HOLDOUT = 0.2
 
 
 def train_subnetwork(model: Any, data: Any, config: MaskConfig | None = None, *,
@@ -56,16 +58,17 @@ def train_subnetworks(model: Any, subroutines: Mapping[str, Any], config: MaskCo
     unknown = sorted(set(vals) - set(subs))
     if unknown:
         raise ValueError(f"validation names {unknown} are not among the subroutines {sorted(subs)}")
-    grid = _grid(config)
-    if len(grid) > 1 and set(vals) != set(subs):
-        raise ValueError(f"the config holds a grid of {len(grid)} settings, which are chosen on "
-                         "held-out data: pass validation={name: data} for every subroutine "
-                         f"({sorted(subs)}), or give single values")
+    notes: dict[str, list[str]] = {name: [] for name in subs}
+    if len(_grid(config)) > 1:  # grid points are chosen on held-out data: set some aside
+        for name in [n for n in subs if n not in vals]:
+            subs[name], vals[name] = subs[name].holdout(HOLDOUT, seed=config.seed)
+            notes[name].append(f"no validation data given: {HOLDOUT:.0%} of the training data "
+                               "(seeded) was held out to choose among the grid's settings")
     with hm.evaluating():
         full = {name: _full_scores(hm, sub, vals.get(name)) for name, sub in subs.items()}
-        names, notes = _live_params(hm, config, list(subs.values()))
-        return {name: _search(hm, name, sub, vals.get(name), full[name], config, names, notes,
-                              progress)
+        names, dead = _live_params(hm, config, list(subs.values()))
+        return {name: _search(hm, name, sub, vals.get(name), full[name], config, names,
+                              dead + notes[name], progress)
                 for name, sub in subs.items()}
 
 
@@ -189,11 +192,20 @@ def _step(hm: HookedModel, sub: Subroutine, masks: MaskSet, optimizer: torch.opt
           inputs: Any, targets: torch.Tensor, beta: float, l0_lambda: float
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """One Adam step on the mask logits; returns the (detached) task loss and penalty."""
-    gate, kept = masks.gates(beta)
-    out = hm.forward_with(masks.masked_weights(gate), inputs)
+    losses = _gradient(hm, sub, masks, inputs, targets, beta, l0_lambda)
+    optimizer.step()
+    return losses
+
+
+def _gradient(hm: HookedModel, sub: Subroutine, masks: MaskSet, inputs: Any,
+              targets: torch.Tensor, beta: float, l0_lambda: float
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of the masked model: sets ``masks.logits.grad``; returns the
+    (detached) task loss and penalty."""
+    masked, kept = masks.masked(beta)
+    out = hm.forward_with(masked, inputs)
     task = sub.compute_loss(sub.read(out), targets)
     (masks.logits.grad,) = torch.autograd.grad(task + l0_lambda * kept, [masks.logits])
-    optimizer.step()
     return task.detach(), kept.detach()
 
 
