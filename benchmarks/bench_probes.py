@@ -109,6 +109,7 @@ def engines(feats, constituents, grid: int, seed: int) -> None:
     reg = np.broadcast_to(np.logspace(-3, 0, grid), (len(feats), len(splits), len(labels), grid))
     results = {}
     for engine in ("sklearn", "torch"):
+        fit_predict(feats[:1], splits[:1], y, classes, reg[:1, :1], engine=engine)  # warm-up
         start = time.perf_counter()
         preds = fit_predict(feats, splits, y, classes, reg, engine=engine)
         seconds = time.perf_counter() - start

@@ -138,7 +138,7 @@ def masked_stepper(hm: mp.HookedModel, sub: mp.Subroutine, names: list[str], bat
                    l0_lambda: float = 1.0, update: bool = True) -> Callable[[], object]:
     """modprobe's real training step (masked forward, backward, and with ``update`` its Adam
     step on the logits) on a fixed batch."""
-    masks = MaskSet(layout(hm, names, "weight"), hm.params(names), "continuous", 0.5)
+    masks = MaskSet(layout(hm, names, "weight"), hm.params(names), "continuous", MaskConfig().init)
     optimizer = _adam(masks.logits, 0.01)
     inputs, targets = batch
     if update:

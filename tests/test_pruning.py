@@ -110,13 +110,15 @@ def test_training_leaves_the_model_bit_identical_without_grads(planted, planted_
 
 
 def test_history_records_the_schedule_and_stops_early_once_the_mask_is_stable(planted_subnets):
-    history = planted_subnets[0]["A"].history
-    config = MaskConfig()
+    subnet = planted_subnets[0]["A"]
+    history, config = subnet.history, MaskConfig()
     assert history[0]["beta"] == 1.0 and len(history) < config.epochs
     betas = [h["beta"] for h in history]
     assert all(b2 > b1 for b1, b2 in zip(betas, betas[1:]))
     assert betas[-1] >= config.stop_beta
-    assert [h["changed"] for h in history[-config.patience:]] == [0] * config.patience
+    kept = sum(int(m.sum()) for m in subnet.masks.values())
+    assert all(h["changed"] <= 0.01 * kept for h in history[-config.patience:])  # settled
+    assert history[-config.patience - 1]["changed"] > 0.01 * kept  # ... only just
     assert history[-1]["density"] == pytest.approx(planted_subnets[0]["A"].density)
 
 
@@ -158,7 +160,8 @@ def test_hand_written_mask_gradient_matches_autograd(planted, kind):
     keep = torch.sigmoid(beta * s)
     r = 1.0 + math.exp(-beta * 0.5)  # 1 / sigmoid(beta * init)
     parts = keep.split([sl.n_units for sl in slots])
-    reference = {sl.name: weights[sl.name] * sl.broadcast(p) * r for sl, p in zip(slots, parts)}
+    reference = {sl.name: weights[sl.name] * sl.broadcast((p * r).clamp(max=1.0))
+                 for sl, p in zip(slots, parts)}
     sizes = torch.cat([torch.full((sl.n_units,), float(sl.unit_size)) for sl in slots])
     ref_kept = (keep * sizes).sum() / sizes.sum()
     expected = torch.autograd.grad(planted.forward_with(reference, x).square().mean()
@@ -166,6 +169,8 @@ def test_hand_written_mask_gradient_matches_autograd(planted, kind):
     assert float(kept.detach()) == pytest.approx(float(ref_kept.detach()), rel=1e-6)
     assert all(torch.allclose(masked[n], reference[n], atol=1e-7) for n in names)
     assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-8)
+    assert (keep * r > 1).any()  # some gates are capped: never amplified beyond the weight
+    assert all((masked[n].abs() <= weights[n].abs()).all() for n in names)
 
 
 def test_same_seed_gives_identical_masks(planted):

@@ -157,8 +157,11 @@ class MaskSet:
         self._generator = generator
         # Reused by every continuous step: a fresh tensor of a transformer's ~10 M logits costs
         # its page faults (about 3x the arithmetic on a CPU), several times per step.
-        self._keep = torch.empty_like(self.logits, requires_grad=False)
+        self._keep = torch.empty_like(self.logits, requires_grad=False)  # sigmoid(β·s)
+        self._gate = torch.empty_like(self._keep)  # min(1, r·keep)
+        self._open = torch.empty_like(self._keep, dtype=torch.bool)  # gate < 1
         self._grad = torch.empty_like(self._keep)
+        self._chunks = _chunks(slots)
 
     def masked(self, beta: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``({name: W * mask}, expected fraction of entries kept)`` for one training step."""
@@ -175,7 +178,8 @@ class MaskSet:
                 for sl, part in zip(self.slots, per_slot(self.slots, gate))}, kept
 
     def rescale(self, beta: float) -> float:
-        """``1 / sigmoid(β·s0)``: makes the first soft mask exactly 1; fades to 1 as β grows."""
+        """``r = 1 / sigmoid(β·s0)``: the gate ``min(1, r·sigmoid(β·s))`` is exactly 1 at the start
+        and for every logit above s0 (kept weights are never amplified); fades to 1 as β grows."""
         r = 1.0 / _sigmoid(beta * self.init)
         return r if r - 1.0 > 1e-6 else 1.0
 
@@ -190,41 +194,62 @@ class MaskSet:
 
 
 class _ContinuousMasking(torch.autograd.Function):
-    """Every slot's ``W * sigmoid(β·s) · r`` and the expected density ``mean(sigmoid(β·s))``, as
-    ONE autograd node with a hand-written backward.
+    """Every slot's ``W * min(1, r·sigmoid(β·s))`` and the expected density
+    ``mean(sigmoid(β·s))``, as ONE autograd node with a hand-written backward.
 
-    The logit gradient is ``sigmoid'(β·s) · β · (r · Σ g ⊙ W + g_kept · size / N)``: one fused
-    ``addcmul`` per slot and one in-place ``sigmoid_backward`` over the flat vector, where
-    autograd's chain (scale, sigmoid, split, per-slot product, mean) makes about three times the
-    passes over the logits and allocates a fresh tensor for each.
+    The logit gradient is ``β·sigmoid'(β·s)·(r·[s < s0]·Σ g ⊙ W + g_kept·size/N)``, computed a
+    run of slots at a time (see :func:`_chunks`) into one reused buffer, where autograd's chain (scale, sigmoid, clamp, split, per-slot product, mean) makes
+    more passes over the logits and allocates a fresh tensor for each.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, beta: float, masks: MaskSet):
         keep = torch.mul(logits.detach(), beta, out=masks._keep).sigmoid_()
         r = masks.rescale(beta)
-        outs = []
-        for s, part in zip(masks.slots, per_slot(masks.slots, keep)):
-            out = masks.weights[s.name] * s.broadcast(part)
-            outs.append(out.mul_(r) if r != 1.0 else out)
+        gate = keep
+        if r != 1.0:
+            gate = torch.mul(keep, r, out=masks._gate).clamp_(max=1.0)
+            torch.lt(gate, 1.0, out=masks._open)
+        outs = [masks.weights[s.name] * s.broadcast(part)
+                for s, part in zip(masks.slots, per_slot(masks.slots, gate))]
         ctx.masks, ctx.beta, ctx.r = masks, beta, r
         return (*outs, masks._mean(keep))
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
-        masks, beta = ctx.masks, ctx.beta
+        masks, beta, r = ctx.masks, ctx.beta, ctx.r
         *g_weights, g_kept = grads
         per_entry = g_kept * (beta / masks._n_entries)
-        for s, g, part in zip(masks.slots, g_weights, per_slot(masks.slots, masks._grad)):
-            w = masks.weights[s.name]
-            if s.axis is None:
-                torch.addcmul(per_entry, g, w, value=ctx.r * beta, out=part.view(s.shape))
+        for first, end, a, b in masks._chunks:
+            for s, g, grad in zip(masks.slots[first:end], g_weights[first:end],
+                                  per_slot(masks.slots[first:end], masks._grad[a:b])):
+                w = masks.weights[s.name]
+                if s.axis is None:
+                    torch.mul(g, w, out=grad.view(s.shape))
+                else:
+                    torch.sum((g * w).movedim(s.axis, 0).reshape(s.n_units, -1), dim=1, out=grad)
+            grad = masks._grad[a:b]
+            if r != 1.0:
+                grad.mul_(masks._open[a:b])  # capped gates pass no task gradient
+            if masks._sizes is None:
+                torch.add(per_entry, grad, alpha=r * beta, out=grad)
             else:
-                units = (g * w).movedim(s.axis, 0).reshape(s.n_units, -1).sum(1)
-                torch.add(per_entry * s.unit_size, units, alpha=ctx.r * beta, out=part)
-        grad = masks._grad
-        torch.ops.aten.sigmoid_backward.grad_input(grad, masks._keep, grad_input=grad)
-        return grad, None, None
+                torch.addcmul(grad.mul_(r * beta), masks._sizes[a:b], per_entry, out=grad)
+            torch.ops.aten.sigmoid_backward.grad_input(grad, masks._keep[a:b], grad_input=grad)
+        return masks._grad, None, None
+
+
+def _chunks(slots: list[_Slot], size: int = 1 << 20) -> list[tuple[int, int, int, int]]:
+    """Runs of consecutive slots of about ``size`` logits: ``(first slot, end slot, first logit,
+    end logit)``. The backward finishes a run while it is still in cache, and a small model is
+    one run (a few large operations rather than many small ones)."""
+    chunks, first, start, end = [], 0, 0, 0
+    for i, s in enumerate(slots):
+        end += s.n_units
+        if end - start >= size or i == len(slots) - 1:
+            chunks.append((first, i + 1, start, end))
+            first, start = i + 1, end
+    return chunks
 
 
 def per_slot(slots: list[_Slot], flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
