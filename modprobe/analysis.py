@@ -107,7 +107,10 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     hm = load_model(model)
     if isinstance(task, str):
         task = tasks.load(task, seed=config.seed)
-    store = _Store(Path(out), _fingerprint(hm, task, config, label)) if out is not None else None
+    mask_config = pruning.MaskConfig(params=config.mask_params, epochs=config.mask_epochs,
+                                     l0_lambda=config.mask_lambda, seed=config.seed)
+    store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
+             if out is not None else None)
 
     fitted, readout, fit_result = _fit_stage(hm, task, config, store)
 
@@ -120,8 +123,6 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     train, validation = {}, {}
     for name, split in task.subroutines.items():
         train[name], validation[name] = _holdout(with_head(split.train), config.validation_fraction)
-    mask_config = pruning.MaskConfig(params=config.mask_params, epochs=config.mask_epochs,
-                                     l0_lambda=config.mask_lambda, seed=config.seed)
     subnetworks = _cached(store, "masks", lambda: pruning.train_subnetworks(
         fitted, train, mask_config, validation=validation, progress=config.progress),
         save=lambda subs, d: [s.save(d / n) for n, s in subs.items()],
@@ -337,10 +338,13 @@ class _Store:
             save(value, target)
 
 
-def _fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig, label: str) -> str:
+def _fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig,
+                 mask_config: pruning.MaskConfig, label: str) -> str:
+    """Model, task and every setting, including the pruning defaults the config leaves open."""
     with torch.no_grad():
         checksum = sum(float(p.double().sum()) for p in hm.module.parameters())
-    blob = json.dumps({"config": config.to_dict(), "task": task.name, "options": task.options,
+    blob = json.dumps({"config": config.to_dict(), "mask": mask_config.to_dict(),
+                       "task": task.name, "options": task.options,
                        "model": repr(hm), "checksum": round(checksum, 6), "label": label},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -98,6 +98,18 @@ def test_resuming_with_another_configuration_is_refused(planted, analysis):
         mp.analyze(planted[0], planted[1], out=analysis.out, config=other)
 
 
+def test_resuming_after_the_pruning_defaults_changed_is_refused(planted, analysis, monkeypatch):
+    """The fingerprint covers the MaskConfig defaults the AnalysisConfig leaves open, so masks
+    trained under old library defaults are never silently reused."""
+    original = mp.pruning.MaskConfig
+
+    def other_defaults(**kwargs):
+        return original(**{"init": 0.5, **kwargs})
+    monkeypatch.setattr(mp.analysis.pruning, "MaskConfig", other_defaults)
+    with pytest.raises(ValueError, match="another model, task or configuration"):
+        mp.analyze(planted[0], planted[1], out=analysis.out, config=CONFIG)
+
+
 def test_compare_finds_the_planted_model_more_isolated_than_its_random_twins(planted, tmp_path):
     cmp = mp.compare(planted[0], planted[1], seeds=(0, 1), out=tmp_path, config=CONFIG)
     iso = {r["metric"]: r for r in cmp.report.rows}["isolation"]
