@@ -5,13 +5,14 @@ load of a shared machine hit both sides alike):
 
 (a) masked training step / plain fine-tuning step (forward + backward, same batch) on the bundled
     MiniLM (batch 32 x 32 tokens, all 36 encoder weight matrices masked) and on a tiny MLP
-    (64-256-256-10, batch 256). The masked step includes its Adam update; the plain step does not.
+    (64-256-256-10, batch 256): against fine-tuning every parameter (the target's definition),
+    against fine-tuning only the masked tensors, and as whole steps with each side's Adam update.
 (b) against NeuroSurgeon 0.1.0 (its continuous-sparsification layers on the same MiniLM layers,
     batch and frozen head, driven by the papers' schedule: beta 1 -> 200 over 90 epochs, Adam lr
     0.01, its default mask init 0, the same penalty in its summed form): time per mask-training
-    step, and wall time until each side first holds a subnetwork of equal quality (keep-only
-    validation accuracy within 1 point, density within 10%) -- modprobe's time is its whole
-    early-stopped run;
+    step, and wall time until NeuroSurgeon first holds a subnetwork at least as good as the one
+    modprobe ends with (keep-only validation accuracy at most 1 point lower, density at most 10%
+    higher) -- modprobe's time is its whole early-stopped run;
 (c) peak memory (RSS growth during mask training, in a fresh process per side).
 
 NeuroSurgeon is a benchmark-only dependency: install it in a separate environment (recipe for a
