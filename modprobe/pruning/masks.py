@@ -198,8 +198,9 @@ class _ContinuousMasking(torch.autograd.Function):
     ``mean(sigmoid(β·s))``, as ONE autograd node with a hand-written backward.
 
     The logit gradient is ``β·sigmoid'(β·s)·(r·[s < s0]·Σ g ⊙ W + g_kept·size/N)``, computed a
-    run of slots at a time (see :func:`_chunks`) into one reused buffer, where autograd's chain (scale, sigmoid, clamp, split, per-slot product, mean) makes
-    more passes over the logits and allocates a fresh tensor for each.
+    run of slots at a time (see :func:`_chunks`) into one reused buffer, where autograd's chain
+    (scale, sigmoid, clamp, split, per-slot product, mean) makes more passes over the logits and
+    allocates a fresh tensor for each.
     """
 
     @staticmethod
