@@ -159,7 +159,7 @@ class MaskSet:
         # its page faults (about 3x the arithmetic on a CPU), several times per step.
         self._keep = torch.empty_like(self.logits, requires_grad=False)  # sigmoid(β·s)
         self._gate = torch.empty_like(self._keep)  # min(1, r·keep)
-        self._open = torch.empty_like(self._keep, dtype=torch.bool)  # gate < 1
+        self._open = torch.empty_like(self._keep)  # 1.0 where gate < 1 (float: bool ops are slow)
         self._grad = torch.empty_like(self._keep)
         self._chunks = _chunks(slots)
 
