@@ -155,13 +155,14 @@ class MaskSet:
         # Per-weight masks weigh every logit equally: a plain mean is cheaper than a weighted sum.
         self._sizes = None if all(s.axis is None for s in slots) else sizes.to(device)
         self._generator = generator
-        # Reused by every continuous step: a fresh tensor of a transformer's ~10 M logits costs
-        # its page faults (about 3x the arithmetic on a CPU), several times per step.
-        self._keep = torch.empty_like(self.logits, requires_grad=False)  # sigmoid(β·s)
-        self._gate = torch.empty_like(self._keep)  # min(1, r·keep)
-        self._open = torch.empty_like(self._keep)  # 1.0 where gate < 1 (float: bool ops are slow)
-        self._grad = torch.empty_like(self._keep)
-        self._chunks = _chunks(slots)
+        if method == "continuous":
+            # Reused by every step: a fresh tensor of a transformer's ~10 M logits costs its page
+            # faults (about 3x the arithmetic on a CPU), several times per step.
+            self._keep = torch.empty_like(self.logits, requires_grad=False)  # sigmoid(β·s)
+            self._gate = torch.empty_like(self._keep)  # min(1, r·keep)
+            self._open = torch.empty_like(self._keep)  # 1.0 where gate < 1 (bool ops are slow)
+            self._grad = torch.empty_like(self._keep)
+            self._chunks = _chunks(slots)
 
     def masked(self, beta: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``({name: W * mask}, expected fraction of entries kept)`` for one training step."""
