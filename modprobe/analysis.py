@@ -26,7 +26,7 @@ from ._results import format_table
 from .fitting import FitConfig, FitResult, Readout, fit
 from .models import HookedModel, load_model
 from .report import write_report
-from .subroutine import Subroutine, index_inputs
+from .subroutine import Subroutine
 
 SCHEMA_VERSION = 1
 _WEAK_FIT = 0.8  # a composite-task metric below this gets a caution in the verdict
@@ -40,8 +40,12 @@ class AnalysisConfig:
     weight matrix). ``mask_lambda``: the sparsity penalty; a tuple is a grid, and the sparsest
     mask whose keep-only metric on the validation split stays within tolerance of the full
     model's wins (one λ does not carry across model sizes: λ = 1 suits small MLPs, MiniLM needs
-    about 300). ``n_random``: random controls per subnetwork; with 2 subnetworks x 2 tasks
-    at least 80 are needed before Holm-corrected empirical p-values can fall below 0.05.
+    about 300). ``validation_fraction``: the share of each subroutine's training data held
+    out to choose among those settings (0: the pruning default, 20% for a grid); the split is
+    the same for every ``seed``, like the task's own train/test split, so that seeds vary only
+    the training.
+    ``n_random``: random controls per subnetwork; with 2 subnetworks x 2 tasks at least 80 are
+    needed before Holm-corrected empirical p-values can fall below 0.05.
     """
 
     seed: int = 0
@@ -120,9 +124,11 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
             return sub
         return dataclasses.replace(sub, readout=readout)
 
-    train, validation = {}, {}
-    for name, split in task.subroutines.items():
-        train[name], validation[name] = _holdout(with_head(split.train), config.validation_fraction)
+    train = {name: with_head(split.train) for name, split in task.subroutines.items()}
+    validation = {}
+    if config.validation_fraction > 0:
+        for name, sub in train.items():
+            train[name], validation[name] = sub.holdout(config.validation_fraction)
     subnetworks = _cached(store, "masks", lambda: pruning.train_subnetworks(
         fitted, train, mask_config, validation=validation, progress=config.progress),
         save=lambda subs, d: [s.save(d / n) for n, s in subs.items()],
@@ -184,18 +190,6 @@ def _fit_stage(hm: HookedModel, task: Any, config: AnalysisConfig, store: "_Stor
                         pooling=readout.pooling, n_positions=readout.n_positions)
         _io.write_json(store.path("fit.json"), {"result": result.to_dict(), "readout": head})
     return fitted, readout, result
-
-
-def _holdout(sub: Subroutine, fraction: float) -> tuple[Subroutine, Subroutine | None]:
-    """Split tensor data into (train, validation); validation picks mask hyperparameters."""
-    data = sub.data
-    if not (isinstance(data, tuple) and len(data) == 2) or fraction <= 0:
-        return sub, None
-    n = len(data[1])
-    n_val = max(1, int(round(n * fraction)))
-    first, rest = torch.arange(n - n_val), torch.arange(n - n_val, n)
-    return (dataclasses.replace(sub, data=(index_inputs(data[0], first), data[1][first])),
-            dataclasses.replace(sub, data=(index_inputs(data[0], rest), data[1][rest])))
 
 
 def _cached(store: "_Store | None", name: str, compute: Callable[[], Any],

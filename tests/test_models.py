@@ -194,3 +194,14 @@ def test_evaluating_restores_training_modes():
     with hm.evaluating():
         assert not any(m.training for m in module.modules())
     assert module.training and module[0].training and not module[1].training
+
+
+def test_output_axis_names_the_weight_axis_of_output_units():
+    from transformers.pytorch_utils import Conv1D
+
+    from modprobe.models import output_axis
+
+    cases = [(nn.Linear(3, 5), 5), (nn.Conv2d(2, 4, 3), 4), (nn.ConvTranspose2d(2, 4, 3), 4),
+             (Conv1D(5, 3), 5), (nn.Embedding(7, 6), 6)]
+    for module, n_out in cases:
+        assert module.weight.shape[output_axis(module)] == n_out, type(module).__name__

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..models import HookedModel
+from ..models import HookedModel, output_axis
 from ..subroutine import Subroutine, index_inputs, move_to
 
 Removed = Mapping[str, torch.Tensor]  # param name -> bool tensor, True = removed
@@ -172,16 +172,14 @@ def _output_place(model: HookedModel, param: str) -> tuple[str, int, int]:
     """``(hook name, channel dim of its output, unit axis of the weight)`` for a masked param."""
     path, _, leaf = param.rpartition(".")
     module = model.owner(param)
-    if isinstance(module, nn.Linear):
-        dim, axis = -1, 0
+    if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+        dim = -1
     elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        dim, axis = 1, 0
-    elif type(module).__name__ == "Conv1D":  # HF GPT-2 style: weight (in, out)
-        dim, axis = -1, 1
+        dim = 1
     else:
         raise ValueError(f"strategy 'mean' replaces output units of Linear/Conv layers; {param!r} "
                          f"belongs to a {type(module).__name__}. Use strategy 'zero' or 'random'")
-    axis = 0 if leaf == "bias" else axis
+    axis = 0 if leaf == "bias" else output_axis(module)
     for hook in (f"{path}.hook_out", path):
         if hook in model.hook_names:
             return hook, dim, axis

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models import HookedModel
+from ..models import HookedModel, output_axis
 from .config import MaskConfig
 
 # Hard-concrete stretch interval and temperature (Louizos et al. 2018).
@@ -82,7 +82,7 @@ def layout(model: HookedModel, names: list[str], granularity: str) -> list[_Slot
         if granularity == "weight":
             axis, n_units, group = None, math.prod(shape), 1
         elif granularity == "neuron":
-            axis = _output_axis(owners[name][1], owners[name][2])
+            axis = output_axis(owners[name][1])
             n_units, group = shape[axis], 1
         else:
             axis, n_units = _head_layout(model, name, owners[name])
@@ -113,15 +113,6 @@ def _is_embedding(name: str, module: nn.Module) -> bool:
     return isinstance(module, nn.Embedding) or any("embed" in part for part in name.split("."))
 
 
-def _output_axis(module: nn.Module, attr: str) -> int:
-    """Axis of output units: rows of Linear, columns of HF Conv1D, dim 1 of transposed convs."""
-    if type(module).__name__ == "Conv1D" or isinstance(module, nn.Embedding):
-        return 1
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return 1
-    return 0
-
-
 def _head_layout(model: HookedModel, name: str, owner: tuple) -> tuple[int, int] | None:
     """``(axis, number of heads)`` of an attention projection, ``None`` for other tensors."""
     path, module, attr, shape = owner
@@ -134,7 +125,7 @@ def _head_layout(model: HookedModel, name: str, owner: tuple) -> tuple[int, int]
     match = _BRIDGE_ATTN.search(name)
     cfg = getattr(model.module, "cfg", None)
     if model.is_bridge and match and cfg is not None:
-        out_axis = _output_axis(module, attr)
+        out_axis = output_axis(module)
         axis = 1 - out_axis if match.group(2) == "o" else out_axis
         return axis, shape[axis] // cfg.d_head
     return None

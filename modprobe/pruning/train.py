@@ -28,7 +28,7 @@ from .subnetwork import Subnetwork
 # after the subnetwork has settled, on small MLPs and on 10 M-entry transformers alike.
 _STABLE_FRACTION = 0.01
 # Share of a subroutine's data held out to choose among grid settings when none is given.
-HOLDOUT = 0.2
+_HOLDOUT = 0.2
 
 
 def train_subnetwork(model: Any, data: Any, config: MaskConfig | None = None, *,
@@ -61,8 +61,8 @@ def train_subnetworks(model: Any, subroutines: Mapping[str, Any], config: MaskCo
     notes: dict[str, list[str]] = {name: [] for name in subs}
     if len(_grid(config)) > 1:  # grid points are chosen on held-out data: set some aside
         for name in [n for n in subs if n not in vals]:
-            subs[name], vals[name] = subs[name].holdout(HOLDOUT, seed=config.seed)
-            notes[name].append(f"no validation data given: {HOLDOUT:.0%} of the training data "
+            subs[name], vals[name] = subs[name].holdout(_HOLDOUT, seed=config.seed)
+            notes[name].append(f"no validation data given: {_HOLDOUT:.0%} of the training data "
                                "(seeded) was held out to choose among the grid's settings")
     with hm.evaluating():
         full = {name: _full_scores(hm, sub, vals.get(name)) for name, sub in subs.items()}
