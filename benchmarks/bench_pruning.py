@@ -12,7 +12,9 @@ load of a shared machine hit both sides alike):
     0.01, its default mask init 0, the same penalty in its summed form): time per mask-training
     step, and wall time until NeuroSurgeon first holds a subnetwork at least as good as the one
     modprobe ends with (keep-only validation accuracy at most 1 point lower, density at most 10%
-    higher) -- modprobe's time is its whole early-stopped run;
+    higher) -- modprobe's time is its mask-training loop (default schedule, early stopping on),
+    like NeuroSurgeon's, whose per-epoch evaluation is not counted; the whole call, which also
+    evaluates the full and the masked model, is printed too;
 (c) peak memory (RSS growth during mask training, in a fresh process per side).
 
 NeuroSurgeon is a benchmark-only dependency: install it in a separate environment (recipe for a
@@ -41,6 +43,7 @@ from torch import nn
 import modprobe as mp
 from modprobe.pruning import MaskConfig, train_subnetwork
 from modprobe.pruning.masks import MaskSet, layout, select_params
+from modprobe.pruning import train as pruning_train
 from modprobe.pruning.train import _adam, _gradient, _step
 
 torch.set_num_threads(2)
@@ -139,7 +142,9 @@ def masked_stepper(hm: mp.HookedModel, sub: mp.Subroutine, names: list[str], bat
                    l0_lambda: float = 1.0, update: bool = True) -> Callable[[], object]:
     """modprobe's real training step (masked forward, backward, and with ``update`` its Adam
     step on the logits) on a fixed batch."""
-    masks = MaskSet(layout(hm, names, "weight"), hm.params(names), "continuous", MaskConfig().init)
+    default = MaskConfig()
+    masks = MaskSet(layout(hm, names, "weight"), hm.params(names), "continuous", default.init,
+                    margin=default.margin)
     optimizer = _adam(masks.logits, 0.01)
     inputs, targets = batch
     if update:
@@ -272,12 +277,25 @@ def part_b_step(setup: MiniLMSetup, config: MaskConfig, reps: int) -> None:
 def part_b_converge(setup: MiniLMSetup, config: MaskConfig, ns_epochs: int) -> None:
     hm, sub = setup.hm, setup.train
     n = sum(w.numel() for w in hm.params(select_params(hm, config)).values())
-    start = time.perf_counter()
-    ours = train_subnetwork(hm, sub, config, validation=setup.val, progress=False)
-    ours_time = time.perf_counter() - start
+    fit_time = []
+
+    def timed_fit(*args, **kwargs):  # the mask-training loop alone, like NeuroSurgeon's side
+        start = time.perf_counter()
+        result = fit(*args, **kwargs)
+        fit_time.append(time.perf_counter() - start)
+        return result
+    fit, pruning_train._fit = pruning_train._fit, timed_fit
+    try:
+        start = time.perf_counter()
+        ours = train_subnetwork(hm, sub, config, validation=setup.val, progress=False)
+        ours_time = time.perf_counter() - start
+    finally:
+        pruning_train._fit = fit
     ours_acc = ours.metrics["val_accuracy"]
-    print(f"  modprobe: {len(ours.history)} epochs, {ours_time:.0f} s, density {ours.density:.4f}, "
-          f"keep-only val acc {ours_acc:.3f} (full {ours.metrics['val_full_accuracy']:.3f})")
+    print(f"  modprobe: {len(ours.history)} epochs, {fit_time[0]:.0f} s of mask training "
+          f"({ours_time:.0f} s for the whole call, which also evaluates the full and the masked "
+          f"model), density {ours.density:.3%}, keep-only val acc {ours_acc:.3f} "
+          f"(full {ours.metrics['val_full_accuracy']:.3f})")
 
     ns = NeuroSurgeonRun(setup, config.l0_lambda / n)
     train_time, reached = 0.0, None
@@ -293,13 +311,15 @@ def part_b_converge(setup: MiniLMSetup, config: MaskConfig, ns_epochs: int) -> N
             reached = (epoch + 1, train_time, density, acc)
     if reached:
         print(f"  NeuroSurgeon first held a subnetwork at least as good after {reached[0]} epochs, "
-              f"{reached[1]:.0f} s (density {reached[2]:.4f}, acc {reached[3]:.3f}): modprobe "
-              f"{reached[1] / ours_time:.1f}x faster")
+              f"{reached[1]:.0f} s of mask training (density {reached[2]:.3%}, acc "
+              f"{reached[3]:.3f}): modprobe {reached[1] / fit_time[0]:.1f}x faster in mask "
+              f"training, {reached[1] / ours_time:.1f}x counting its whole call")
     else:
         print(f"  NeuroSurgeon never held a subnetwork as good in {ns_epochs} epochs: modprobe "
-              f">= {train_time / ours_time:.1f}x faster")
+              f">= {train_time / fit_time[0]:.1f}x faster in mask training, "
+              f">= {train_time / ours_time:.1f}x counting its whole call")
     print(f"  NeuroSurgeon's whole schedule: {ns_epochs} epochs, {train_time:.0f} s, density "
-          f"{density:.4f}, keep-only val acc {acc:.3f}")
+          f"{density:.3%}, keep-only val acc {acc:.3f}")
 
 
 # --------------------------------------------------------------------- (c) memory
@@ -352,7 +372,7 @@ def main() -> None:
     setup = MiniLMSetup(n_train=64 if args.quick else 128, n_val=128)
     if "a" in parts:
         part_a(setup, reps)
-    config = MaskConfig(params=ENCODER, epochs=10 if args.quick else 30, l0_lambda=300.0)
+    config = MaskConfig(params=ENCODER, l0_lambda=300.0, **({"epochs": 10} if args.quick else {}))
     have_ns = neurosurgeon_available()
     if have_ns and "b" in parts:
         part_b_step(setup, config, reps)

@@ -51,7 +51,7 @@ class AnalysisConfig:
     seed: int = 0
     fit: FitConfig = FitConfig()
     mask_params: tuple[str, ...] | None = None
-    mask_epochs: int = 30
+    mask_epochs: int = 20
     mask_lambda: float | tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
     n_random: int = 100
     complement: bool = True

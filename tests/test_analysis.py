@@ -111,13 +111,13 @@ def test_resuming_after_the_pruning_defaults_changed_is_refused(planted, analysi
 
 
 def test_compare_finds_the_planted_model_more_isolated_than_its_random_twins(planted, tmp_path):
-    cmp = mp.compare(planted[0], planted[1], seeds=(0, 1), out=tmp_path, config=CONFIG)
+    cmp = mp.compare(planted[0], planted[1], seeds=(0, 1, 2), out=tmp_path, config=CONFIG)
     iso = {r["metric"]: r for r in cmp.report.rows}["isolation"]
     assert all(p.scalars["isolation"] > r.scalars["isolation"] + 0.2
                for p, r in zip(cmp.pretrained, cmp.random))
     assert iso["ci_low"] > 0 and cmp.verdict.startswith("Pretrained subnetworks are more isolated")
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["kind"] == "comparison" and len(results["random"]) == 2
+    assert results["kind"] == "comparison" and len(results["random"]) == 3
     for run in results["pretrained"] + results["random"]:
         check_schema(run)
     assert (tmp_path / "random-seed1" / "results.json").exists()

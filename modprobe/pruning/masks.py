@@ -136,8 +136,9 @@ class MaskSet:
     """Trainable mask logits over ``slots``, for one method; yields substitute weights."""
 
     def __init__(self, slots: list[_Slot], weights: dict[str, torch.Tensor], method: str,
-                 init: float, generator: torch.Generator | None = None):
-        self.slots, self.weights, self.method, self.init = slots, weights, method, init
+                 init: float, generator: torch.Generator | None = None, margin: float = 0.0):
+        self.slots, self.weights, self.method = slots, weights, method
+        self.init, self.margin = init, margin
         device = next(iter(weights.values())).device
         total = sum(s.n_units for s in slots)
         self.logits = torch.full((total,), float(init), device=device, requires_grad=True)
@@ -170,9 +171,10 @@ class MaskSet:
                 for sl, part in zip(self.slots, per_slot(self.slots, gate))}, kept
 
     def rescale(self, beta: float) -> float:
-        """``r = 1 / sigmoid(β·s0)``: the gate ``min(1, r·sigmoid(β·s))`` is exactly 1 at the start
-        and for every logit above s0 (kept weights are never amplified); fades to 1 as β grows."""
-        r = 1.0 / _sigmoid(beta * self.init)
+        """``r = 1 / sigmoid(β·c)``, ``c = s0 + margin·(1 - 1/β)``: the gate
+        ``min(1, r·sigmoid(β·s))`` is exactly 1 at the start (β = 1, every logit at s0) and for
+        every logit above c (kept weights are never amplified); r fades to 1 as β grows."""
+        r = 1.0 / _sigmoid(beta * self.init + self.margin * (beta - 1.0))
         return r if r - 1.0 > 1e-6 else 1.0
 
     def _mean(self, values: torch.Tensor) -> torch.Tensor:

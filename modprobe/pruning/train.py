@@ -149,7 +149,7 @@ def _fit(hm: HookedModel, sub: Subroutine, slots: list, weights: dict[str, torch
             hm.module.train()
         torch.manual_seed(config.seed)
         generator = torch.Generator(device=device).manual_seed(config.seed)
-        masks = MaskSet(slots, weights, config.method, config.init, generator)
+        masks = MaskSet(slots, weights, config.method, config.init, generator, config.margin)
         optimizer = _adam(masks.logits, config.lr)
         history: list[dict] = []
         previous, stable = masks.hard_units(), 0
