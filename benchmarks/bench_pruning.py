@@ -42,8 +42,8 @@ from torch import nn
 
 import modprobe as mp
 from modprobe.pruning import MaskConfig, train_subnetwork
-from modprobe.pruning.masks import MaskSet, layout, select_params
 from modprobe.pruning import train as pruning_train
+from modprobe.pruning.masks import MaskSet, layout, select_params
 from modprobe.pruning.train import _adam, _gradient, _step
 
 torch.set_num_threads(2)

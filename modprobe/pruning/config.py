@@ -48,7 +48,8 @@ class MaskConfig:
     once β ≥ ``stop_beta`` and the hard mask has settled (the entries flipped in an epoch are at
     most 1% of those it keeps) for ``patience`` epochs (``patience=0`` never stops early).
     ``lr``: Adam's step on the logits (default: 0.01 for ``"continuous"``, 0.05 for the noisier
-    ``"hard_concrete"`` gates, whose ``init`` is their log α, default 2: mostly open). ``dropout=False`` trains with dropout off.
+    ``"hard_concrete"`` gates, whose ``init`` is their log α, default 2: mostly open).
+    ``dropout=False`` trains with dropout off.
     """
 
     method: str = "continuous"
