@@ -203,11 +203,8 @@ def output_axis(module: nn.Module) -> int:
     """The axis of ``module.weight`` that runs over its output units: rows of ``nn.Linear`` and
     convolutions; columns of HF ``Conv1D`` (stored (in, out)), of ``nn.Embedding`` (one column
     per output feature) and of transposed convolutions (stored (in, out, ...))."""
-    if type(module).__name__ == "Conv1D" or isinstance(module, nn.Embedding):
-        return 1
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return 1
-    return 0
+    transposed = (nn.Embedding, nn.modules.conv._ConvTransposeNd)
+    return 1 if type(module).__name__ == "Conv1D" or isinstance(module, transposed) else 0
 
 
 def wrap(module: nn.Module | HookedModel, *, tokenizer: Any = None,

@@ -167,8 +167,7 @@ class MaskSet:
         concrete = torch.sigmoid((torch.log(u) - torch.log1p(-u) + s) / _HC_TEMP)
         gate = (concrete * (_ZETA - _GAMMA) + _GAMMA).clamp(0.0, 1.0)
         kept = self._mean(torch.sigmoid(s - _HC_TEMP * math.log(-_GAMMA / _ZETA)))
-        return {sl.name: self.weights[sl.name] * sl.broadcast(part)
-                for sl, part in zip(self.slots, per_slot(self.slots, gate))}, kept
+        return scaled_weights(self.slots, self.weights, gate), kept
 
     def rescale(self, beta: float) -> float:
         """``r = 1 / sigmoid(β·c)``, ``c = s0 + margin·(1 - 1/β)``: the gate
@@ -191,8 +190,8 @@ class _ContinuousMasking(torch.autograd.Function):
     """Every slot's ``W * min(1, r·sigmoid(β·s))`` and the expected density
     ``mean(sigmoid(β·s))``, as ONE autograd node with a hand-written backward.
 
-    The logit gradient is ``β·sigmoid'(β·s)·(r·[s < s0]·Σ g ⊙ W + g_kept·size/N)``, computed a
-    run of slots at a time (see :func:`_chunks`) into one reused buffer, where autograd's chain
+    The logit gradient is ``β·sigmoid'(β·s)·(r·[gate < 1]·Σ g ⊙ W + g_kept·size/N)``, computed
+    a run of slots at a time (see :func:`_chunks`) into one reused buffer, where autograd's chain
     (scale, sigmoid, clamp, split, per-slot product, mean) makes more passes over the logits and
     allocates a fresh tensor for each.
     """
@@ -205,10 +204,8 @@ class _ContinuousMasking(torch.autograd.Function):
         if r != 1.0:
             gate = torch.mul(keep, r, out=masks._gate).clamp_(max=1.0)
             torch.lt(gate, 1.0, out=masks._open)
-        outs = [masks.weights[s.name] * s.broadcast(part)
-                for s, part in zip(masks.slots, per_slot(masks.slots, gate))]
         ctx.masks, ctx.beta, ctx.r = masks, beta, r
-        return (*outs, masks._mean(keep))
+        return (*scaled_weights(masks.slots, masks.weights, gate).values(), masks._mean(keep))
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
@@ -254,6 +251,14 @@ def per_slot(slots: list[_Slot], flat: torch.Tensor) -> tuple[torch.Tensor, ...]
     slices would each allocate and add a zero tensor of the full length.
     """
     return flat.split([s.n_units for s in slots])
+
+
+def scaled_weights(slots: list[_Slot], weights: dict[str, torch.Tensor],
+                   values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{name: W * mask}`` from a flat per-unit vector (soft gates, or a bool hard mask), the
+    substitute tensors for ``HookedModel.forward_with``."""
+    return {s.name: weights[s.name] * s.broadcast(part).to(weights[s.name].dtype)
+            for s, part in zip(slots, per_slot(slots, values))}
 
 
 def expand_units(slots: list[_Slot], units: torch.Tensor) -> dict[str, torch.Tensor]:

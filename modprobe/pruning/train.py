@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from ..models import HookedModel, wrap
 from ..subroutine import Subroutine, as_subroutine, evaluate, move_to
 from .config import MaskConfig
-from .masks import (MaskSet, expand_units, layout, magnitude_units, per_slot, select_params,
-                    split_units)
+from .masks import (MaskSet, expand_units, layout, magnitude_units, per_slot, scaled_weights,
+                    select_params, split_units)
 from .subnetwork import Subnetwork
 
 
@@ -104,8 +104,7 @@ def _search(hm: HookedModel, name: str, sub: Subroutine, val: Subroutine | None,
             units, history = magnitude_units(slots, weights, point["density"]), []
         else:
             units, history = _fit(hm, sub, slots, weights, point_config, label, progress)
-        keep = {s.name: weights[s.name] * s.broadcast(part).to(weights[s.name].dtype)
-                for s, part in zip(slots, per_slot(slots, units))}
+        keep = scaled_weights(slots, weights, units)
         row = {**point, "density": _density(slots, units), metric: evaluate(hm, sub, keep),
                "epochs": len(history)}
         if val is not None:
@@ -149,7 +148,8 @@ def _fit(hm: HookedModel, sub: Subroutine, slots: list, weights: dict[str, torch
             hm.module.train()
         torch.manual_seed(config.seed)
         generator = torch.Generator(device=device).manual_seed(config.seed)
-        masks = MaskSet(slots, weights, config.method, config.init, generator, config.margin)
+        masks = MaskSet(slots, weights, config.method, config.init, generator,
+                        margin=config.margin)
         optimizer = _adam(masks.logits, config.lr)
         history: list[dict] = []
         previous, stable = masks.hard_units(), 0
