@@ -28,7 +28,7 @@ from .models import HookedModel, load_model
 from .report import write_report
 from .subroutine import Subroutine
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _WEAK_FIT = 0.8  # a composite-task metric below this gets a caution in the verdict
 
 
@@ -46,6 +46,9 @@ class AnalysisConfig:
     the training.
     ``n_random``: random controls per subnetwork; with 2 subnetworks x 2 tasks at least 80 are
     needed before Holm-corrected empirical p-values can fall below 0.05.
+    ``necessity`` and ``max_rounds``: the pruning stage's necessity search (``MaskConfig``):
+    ``"peel"`` finds every weight a subroutine can run on before ablating, ``"none"`` ablates the
+    sufficient subnetwork only.
     """
 
     seed: int = 0
@@ -53,6 +56,8 @@ class AnalysisConfig:
     mask_params: tuple[str, ...] | None = None
     mask_epochs: int = 20
     mask_lambda: float | tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
+    necessity: str = "peel"
+    max_rounds: int = 8
     n_random: int = 100
     complement: bool = True
     strategy: str = "zero"
@@ -112,7 +117,8 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     if isinstance(task, str):
         task = tasks.load(task, seed=config.seed)
     mask_config = pruning.MaskConfig(params=config.mask_params, epochs=config.mask_epochs,
-                                     l0_lambda=config.mask_lambda, seed=config.seed)
+                                     l0_lambda=config.mask_lambda, necessity=config.necessity,
+                                     max_rounds=config.max_rounds, seed=config.seed)
     store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
              if out is not None else None)
 
@@ -207,7 +213,8 @@ def _cached(store: "_Store | None", name: str, compute: Callable[[], Any],
 def _results(hm: HookedModel, task: Any, config: AnalysisConfig, label: str, fit_result: FitResult,
              subnetworks: dict[str, Any], ablation_report: Any, probe_report: Any) -> dict[str, Any]:
     subs = {name: {"density": s.density, "densities": s.densities, "metrics": s.metrics,
-                   "history": s.history, "notes": list(getattr(s, "notes", []))}
+                   "history": s.history, "notes": list(getattr(s, "notes", [])),
+                   "necessary_density": s.necessary_density, "necessity": s.necessity}
             for name, s in subnetworks.items()}
     isolation = _isolation_scalar(ablation_report.isolation)
     decod = probe_report.decodability_of(label) if probe_report.rows else None
@@ -245,19 +252,24 @@ def _isolation_scalar(isolation: list[dict[str, Any]]) -> float | None:
 
 def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
              fit_result: FitResult) -> dict[str, Any]:
-    judged = [e for e in isolation if e["isolated"] is not None]
-    isolated = [e["subnetwork"] for e in judged if e["isolated"]]
+    judged = [e for e in isolation if e.get("verdict") is not None]
+    isolated = [e["subnetwork"] for e in judged if e["verdict"] == "isolated"]
+    rest = ", ".join(f"{e['subnetwork']}: {e['verdict']}" for e in judged
+                     if e["verdict"] != "isolated")
     if not judged:
         head = "No subnetwork could be judged (each needs its own and another eval task)."
+    elif all(e["verdict"] == "cannot judge" for e in judged):
+        head = ("Cannot judge: the model does not solve the subroutines, so no modularity claim "
+                "can be made.")
     elif len(isolated) == len(judged):
-        head = (f"Modular: all {len(judged)} subnetworks are functionally isolated (ablating each "
-                "hurts its own subroutine beyond size-matched random ablations and no other).")
+        head = (f"Modular: all {len(judged)} subnetworks are isolated (each is sufficient for its "
+                "subroutine, ablating its necessary set hurts that subroutine beyond size-matched "
+                "random ablations, and no other).")
     elif isolated:
         head = (f"Partly modular: {len(isolated)} of {len(judged)} subnetworks are isolated "
-                f"({', '.join(isolated)}).")
+                f"({', '.join(isolated)}); {rest}.")
     else:
-        head = (f"Not modular: none of the {len(judged)} subnetworks is isolated from the other "
-                "subroutines.")
+        head = f"Not shown to be modular: no subnetwork is isolated ({rest})."
     text = (f"{head} The fitted model scores {fit_result.test:.3f} ({fit_result.metric}) on the "
             "composite task's test data.")
     if fit_result.test < _WEAK_FIT:
@@ -270,9 +282,10 @@ def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
         text += (f" Constituent decodability (best layer's selectivity, mean over constituents): "
                  f"{probe_report.decodability_of(label):.3f}; best layers: {shown}{more}.")
     evidence = [{"subnetwork": e["subnetwork"], "target": e["target_task"],
-                 "isolated": e["isolated"], "effect_on_target": e["effect_target"],
+                 "verdict": e.get("verdict"), "effect_on_target": e["effect_target"],
                  "p_holm": e["p_target_holm"], "reason": e["reason"]} for e in isolation]
     return {"text": text, "isolated": {e["subnetwork"]: e["isolated"] for e in isolation},
+            "verdicts": {e["subnetwork"]: e.get("verdict") for e in isolation},
             "evidence": evidence}
 
 

@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--n-random", type=int, default=None, help="random controls per subnetwork")
         p.add_argument("--mask-params", nargs="+", default=None, metavar="GLOB",
                        help="parameters to mask, e.g. 'blocks.*.mlp.*.weight'")
+        p.add_argument("--necessity", choices=("peel", "none"), default=None,
+                       help="peel (default): before ablating, find every weight a subroutine can "
+                       "run on by repeating the search on what is left; none: ablate the "
+                       "sufficient subnetwork only")
+        p.add_argument("--max-rounds", type=int, default=None,
+                       help="most subnetworks the necessity search peels (default 8)")
 
     analyze = sub.add_parser("analyze", help="analyse one model on one task",
                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXAMPLES)
@@ -85,6 +91,10 @@ def _config(args: argparse.Namespace) -> Any:
         overrides["n_random"] = args.n_random
     if args.mask_params:
         overrides["mask_params"] = tuple(args.mask_params)
+    if args.necessity is not None:
+        overrides["necessity"] = args.necessity
+    if args.max_rounds is not None:
+        overrides["max_rounds"] = args.max_rounds
     if args.quick:
         return AnalysisConfig.quick(seed=args.seed, **overrides)
     return AnalysisConfig(seed=args.seed, **overrides)

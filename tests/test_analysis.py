@@ -33,7 +33,7 @@ def analysis(planted, tmp_path_factory):
 
 def check_schema(results):
     """The documented results.json schema, version 1 (README: 'results.json')."""
-    assert results["schema_version"] == 1 and results["kind"] == "analysis"
+    assert results["schema_version"] == 2 and results["kind"] == "analysis"
     for key, kind in {"label": str, "created": str, "versions": dict, "config": dict, "model": dict,
                       "task": dict, "fit": dict, "subnetworks": dict, "ablation": dict,
                       "probes": dict, "scalars": dict, "verdict": dict}.items():

@@ -7,5 +7,6 @@ other subroutines no more than such random removals (Lepori et al. 2023, "Break 
 """
 from ._report import AblationReport
 from ._run import AblationConfig, run
+from ._verdict import VERDICTS, VerdictRules
 
-__all__ = ["AblationConfig", "AblationReport", "run"]
+__all__ = ["AblationConfig", "AblationReport", "VERDICTS", "VerdictRules", "run"]

@@ -28,12 +28,20 @@ class _Layout:
 
 @dataclass
 class _Spec:
-    """One validated subnetwork: CPU bool masks and the unit layout of each masked tensor."""
+    """One validated subnetwork: the CPU bool masks an ablation removes (the necessary set when
+    one was searched, else the subnetwork itself), the unit layout of each masked tensor, and
+    ``keep``: the sufficient subnetwork that keep-only keeps (``masks`` when they coincide)."""
 
     name: str
     masks: dict[str, torch.Tensor]
     granularity: str
     layouts: dict[str, _Layout]
+    keep: dict[str, torch.Tensor] | None = None
+    necessity: dict[str, Any] | None = None
+
+    @property
+    def sufficient(self) -> dict[str, torch.Tensor]:
+        return self.masks if self.keep is None else self.keep
 
 
 def _specs(model: Any, subnetworks: Mapping[str, Any], *,
@@ -56,7 +64,13 @@ def _specs(model: Any, subnetworks: Mapping[str, Any], *,
         if granularity not in GRANULARITIES:
             raise ValueError(f"subnetwork {name!r} has granularity {granularity!r}; "
                              f"expected one of {GRANULARITIES}")
-        units = getattr(sub, "units", None)
+        necessary = getattr(sub, "necessary", None)
+        keep = None
+        if isinstance(necessary, Mapping) and necessary:
+            keep = {p: _check_mask(name, p, m, shapes) for p, m in masks.items()}
+            masks, units = necessary, getattr(sub, "necessary_units", None)
+        else:
+            units = getattr(sub, "units", None)
         units = units if isinstance(units, Mapping) else {}  # {param: per-unit bool mask}
         clean = {p: _check_mask(name, p, m, shapes) for p, m in masks.items()}
         if output_axes is not None:
@@ -64,7 +78,8 @@ def _specs(model: Any, subnetworks: Mapping[str, Any], *,
         layouts = {p: _layout(name, p, m, granularity, units.get(p),
                               None if output_axes is None else output_axes[p])
                    for p, m in clean.items()}
-        specs[name] = _Spec(name, clean, granularity, layouts)
+        necessity = getattr(sub, "necessity", None) if keep is not None else None
+        specs[name] = _Spec(name, clean, granularity, layouts, keep, necessity or {})
     return specs
 
 
@@ -192,7 +207,8 @@ def _no_complement(spec: _Spec) -> list[str]:
 
 
 def _overlap(specs: Mapping[str, _Spec], label: str) -> list[dict[str, Any]]:
-    """Jaccard overlap of kept weights for each pair of subnetworks, per tensor and overall.
+    """Jaccard overlap of the sufficient subnetworks' kept weights for each pair, per tensor and
+    overall.
 
     ``jaccard_chance`` is the overlap expected of two independent random masks with the same
     per-tensor counts (expected shared / expected union); a tensor one subnetwork does not mask
@@ -202,7 +218,7 @@ def _overlap(specs: Mapping[str, _Spec], label: str) -> list[dict[str, Any]]:
     rows = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            ma, mb = specs[a].masks, specs[b].masks
+            ma, mb = specs[a].sufficient, specs[b].sufficient
             totals = dict(kept_a=0, kept_b=0, shared=0, expected=0.0)
             for p in [*ma, *(q for q in mb if q not in ma)]:
                 x, y = ma.get(p), mb.get(p)
@@ -225,3 +241,32 @@ def _overlap_row(label: str, a: str, b: str, tensor: str, ka: int, kb: int, shar
 
     return dict(model=label, a=a, b=b, tensor=tensor, kept_a=ka, kept_b=kb, shared=shared,
                 jaccard=jaccard(shared), jaccard_chance=jaccard(expected))
+
+
+def _separation(a: _Spec, b: _Spec, n: int, seed: int) -> dict[str, Any] | None:
+    """Do the ablated sets of ``a`` and ``b`` avoid each other more than chance would?
+
+    Counts the units (weights, neurons or heads) in both sets, tensor by tensor, against
+    ``n`` random placements of ``b``'s units per tensor (hypergeometric draws): ``p_separate``
+    is the share of placements that overlap ``a`` no more than observed, with the +1
+    correction. Modules that run on their own weights give an overlap far below chance; weights
+    that serve both subroutines do not. ``None`` when the two mask no tensor in common.
+    """
+    import numpy as np
+
+    common = [p for p in a.masks if p in b.masks]
+    if not common:
+        return None
+    rng = np.random.default_rng(int(_generator(seed, a.name, b.name, "separation").initial_seed()))
+    observed, expected, draws = 0, 0.0, np.zeros(n, dtype=np.int64)
+    for p in common:
+        ua, ub = _units(a.masks[p], a.layouts[p]), _units(b.masks[p], b.layouts[p])
+        if ua.numel() != ub.numel():
+            return None  # different unit layouts: no common unit to count
+        total, ka, kb = ua.numel(), int(ua.sum()), int(ub.sum())
+        observed += int((ua & ub).sum())
+        expected += ka * kb / total
+        if ka and kb:
+            draws += rng.hypergeometric(ka, total - ka, kb, size=n)
+    return {"overlap": observed, "overlap_expected": expected,
+            "p_separate": float((1 + np.sum(draws <= observed)) / (1 + n))}

@@ -14,11 +14,14 @@ class AblationReport(Report):
     ``rows``: one measurement per row (``model, subnetwork, eval_task, condition, metric,
     chance, value, ci_low, ci_high, n_examples, n_controls, p_value, p_holm, effect, effect_z``).
     Conditions:
-    ``full`` (subnetwork None), ``keep_only``, ``ablate`` (value with a bootstrap CI over examples),
+    ``full`` (subnetwork None), ``keep_only`` (the sufficient subnetwork alone), ``ablate`` (the
+    necessary set removed, or the subnetwork when no necessity search ran), ``ablate_sufficient``
+    (the sufficient subnetwork removed; value with a bootstrap CI over examples),
     ``random_ablate`` and ``complement_sampled`` (mean of the controls, the central 95% of their
     distribution, the one-sided p-value that ablating the subnetwork hurts more than such a
     control, Holm-adjusted, and the effect = mean control score - ablated score).
-    ``isolation``: per subnetwork the verdict, its reason and the evidence per other task,
+    ``isolation``: per subnetwork the ``verdict`` (one of ``ablation.VERDICTS``; ``isolated`` is
+    True only for "isolated"), its reason, how the ablated set was found, the evidence per other task,
     including Break It Down's subnetwork and ablation scores. ``overlap``: Jaccard overlap of kept
     weights per pair of subnetworks, per tensor and overall (``tensor == "*"``). ``controls``: every
     control's score, for plots. ``config``: the settings per model label.
@@ -60,11 +63,9 @@ class AblationReport(Report):
         several = len({r["model"] for r in self.rows}) > 1
         lines = format_table(_pivot(self.rows, several), max_rows=max_rows)
         verdicts = [f"{(v['model'] + ' ') if several else ''}{v['subnetwork']}: "
-                    f"{_VERDICT[v['isolated']]} - {v['reason']}" for v in self.isolation]
+                    f"{v.get('verdict') or 'no verdict'} - {v['reason']}" for v in self.isolation]
         return "\n".join([lines, "", *verdicts]) if verdicts else lines
 
-
-_VERDICT = {True: "isolated", False: "not isolated", None: "no verdict"}
 
 
 def _pivot(rows: Sequence[dict[str, Any]], with_model: bool) -> list[dict[str, Any]]:
@@ -86,11 +87,13 @@ def _pivot(rows: Sequence[dict[str, Any]], with_model: bool) -> list[dict[str, A
         elif r["condition"] == "random_ablate":
             line.update({"random": r["value"], "p": r["p_value"], "p_holm": r["p_holm"],
                          "effect": r["effect"]})
+        elif r["condition"] == "ablate_sufficient":
+            line["ablate S1"] = r["value"]
         elif r["condition"] == "complement_sampled":
             line["complement"] = r["value"]
         else:
             line[r["condition"]] = r["value"]
-    order = ["subnet", "task", "metric", "chance", "full", "keep_only", "ablate",
+    order = ["subnet", "task", "metric", "chance", "full", "keep_only", "ablate S1", "ablate",
              "ablate 95% CI", "random", "complement", "p", "p_holm", "effect"]
     order = ["model", *order] if with_model else order
     return [{k: line.get(k) for k in order} for line in lines.values()]

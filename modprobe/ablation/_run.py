@@ -12,10 +12,11 @@ from tqdm.auto import tqdm
 from ..models import reinitialize, wrap
 from ..subroutine import Subroutine, as_subroutine, move_to
 from ._evaluate import _Evaluator, _MeanAblation
-from ._masks import _no_complement, _controls, _generator, _overlap, _Spec, _specs
+from ._masks import _no_complement, _controls, _generator, _overlap, _separation, _Spec, _specs
 from ._report import AblationReport
 from .._stats import adjust_pvalues
 from ._stats import _bootstrap_ci, _effect, _empirical_p, _interval
+from ._verdict import VerdictRules, judge
 
 STRATEGIES = ("zero", "random", "mean")
 CONTROLS = ("random_ablate", "complement_sampled")
@@ -59,16 +60,21 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
         complement: bool = True, n_boot: int = 1000, alpha: float = 0.05,
         targets: Mapping[str, str] | None = None, reference: Any = None, label: str = "model",
         batch_size: int | None = None, vectorize: bool | None = None, mask_chunk: int = 8,
-        progress: bool = True) -> AblationReport:
+        rules: VerdictRules | None = None, progress: bool = True) -> AblationReport:
     """Ablate each subnetwork, keep only it, and compare with size-matched random ablations.
 
     ``subnetworks``: ``{name: Subnetwork}`` (anything with ``.masks``) or ``{name: {param: bool
     mask}}`` (True = kept). ``eval_data``: ``{task: Subroutine or data}``. A subnetwork is judged
     against the task of the same name (or ``targets[name]``). For every subnetwork and task:
-    the full model, ``ablate`` (its kept weights removed), ``keep_only`` (the rest of the masked
-    tensors removed), ``n_random`` ``random_ablate`` controls removing exactly as many weights per
-    tensor (whole units for neuron/head masks), and as many ``complement_sampled`` controls drawn
-    only from outside the subnetwork. ``strategy``: removed weights become ``"zero"``,
+    the full model, ``ablate`` (its necessary set removed when the search peeled one, see
+    ``MaskConfig.necessity``, else its kept weights), ``ablate_sufficient`` (only the sufficient
+    subnetwork removed, when that differs), ``keep_only`` (everything but the sufficient
+    subnetwork removed from the masked tensors), ``n_random`` ``random_ablate`` controls removing
+    exactly as many weights per tensor as ``ablate`` does (whole units for neuron/head masks),
+    and as many ``complement_sampled`` controls drawn only from outside the ablated set. Each
+    subnetwork gets a verdict (``isolated``, ``shared``, ``redundant``, ``not isolated``,
+    ``not found``, ``cannot tell``, ``cannot judge``; see :mod:`modprobe.ablation._verdict`)
+    under fixed ``rules``. ``strategy``: removed weights become ``"zero"``,
     ``"random"`` (the weights of ``reinitialize(model, seed)``) or, for neuron masks, ``"mean"``
     (the unit's mean activation over ``reference``, default all eval data). The model is never
     modified; a fixed ``seed`` gives an identical report. ``label`` names the model in the rows
@@ -99,7 +105,8 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
         rows, controls = _measure(ev, specs, cfg, progress)
     _adjust(rows, cfg)
     chance = {name: sub.chance_level() for name, sub in tasks.items()}
-    return AblationReport(rows=rows, isolation=_isolation(rows, specs, goals, chance, cfg),
+    return AblationReport(rows=rows, isolation=_isolation(rows, specs, goals, chance, cfg,
+                                                          rules or VerdictRules()),
                           overlap=_overlap(specs, label), controls=controls,
                           config={label: asdict(cfg)})
 
@@ -142,7 +149,10 @@ def _measure(ev: _Evaluator, specs: Mapping[str, _Spec], cfg: AblationConfig,
     total = len(specs) * cfg.n_random * len(cfg.kinds)
     bar = tqdm(total=total, desc="ablation controls", disable=not progress, leave=False)
     for name, spec in specs.items():
-        targeted = {"ablate": spec.masks, "keep_only": {p: ~m for p, m in spec.masks.items()}}
+        targeted = {"ablate": spec.masks,
+                    "keep_only": {p: ~m for p, m in spec.sufficient.items()}}
+        if spec.keep is not None:
+            targeted["ablate_sufficient"] = spec.keep
         scores = {cond: {} for cond in targeted}
         for cond, removed in targeted.items():
             for task in ev.tasks:
@@ -227,18 +237,19 @@ def _adjust(rows: list[dict[str, Any]], cfg: AblationConfig) -> None:
 
 def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
                goals: Mapping[str, str | None], chance: Mapping[str, float],
-               cfg: AblationConfig) -> list[dict[str, Any]]:
-    """Per subnetwork S of subroutine A: isolated when ablating S hurts A beyond random
-    (Holm-adjusted p < alpha) and hurts no other task beyond random (unadjusted p >= alpha: the
-    conservative direction for a claim of no damage)."""
+               cfg: AblationConfig, rules: VerdictRules) -> list[dict[str, Any]]:
+    """Per subnetwork S of subroutine A: the verdict of :func:`._verdict.judge` with its evidence,
+    and Break It Down's subnetwork and ablation scores against each other task."""
     get = {(r["subnetwork"], r["eval_task"], r["condition"]): r for r in rows}
     tasks = list(chance)
     out = []
-    for name in specs:
+    for name, spec in specs.items():
         target = goals[name]
         entry: dict[str, Any] = dict(model=cfg.label, subnetwork=name, target_task=target,
-                                     isolated=None, reason="", p_target=None, p_target_holm=None,
-                                     effect_target=None, effect_z_target=None, others=[])
+                                     verdict=None, isolated=None, reason="", p_target=None,
+                                     p_target_holm=None, effect_target=None,
+                                     effect_z_target=None, others=[],
+                                     necessity=_necessity_summary(spec))
         if target is None:
             entry["reason"] = (f"no eval task is named {name!r}; pass targets={{{name!r}: "
                                "<task>}} to say which subroutine it computes")
@@ -248,33 +259,39 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
         entry.update(p_target=tr["p_value"], p_target_holm=tr["p_holm"], effect_target=tr["effect"],
                      effect_z_target=tr["effect_z"])
 
+        def value(cond: str, task: str) -> float:
+            return get[(None if cond == "full" else name, task, cond)]["value"]
+
         def score(cond: str, task: str) -> float:
-            return max(get[(name, task, cond)]["value"], chance[task])
+            return max(value(cond, task), chance[task])
 
         for other in (t for t in tasks if t != target):
             r = get[(name, other, "random_ablate")]
+            rival = next((n for n, g in goals.items() if g == other), None)
             entry["others"].append(dict(
                 task=other, p_value=r["p_value"], p_holm=r["p_holm"], effect=r["effect"],
                 hurt=r["p_value"] < cfg.alpha,
                 subnetwork_score=score("keep_only", target) - score("keep_only", other),
-                ablation_score=score("ablate", target) - score("ablate", other)))
-        entry["isolated"], entry["reason"] = _verdict(name, target, tr, entry["others"], cfg.alpha)
+                ablation_score=score("ablate", target) - score("ablate", other),
+                subnetwork=rival,
+                **((_separation(spec, specs[rival], max(cfg.n_random, 999), cfg.seed) or {})
+                   if rival is not None else {})))
+        if not entry["others"]:
+            entry["reason"] = "needs a second eval task to check that other subroutines survive"
+        else:
+            entry["verdict"], entry["reason"] = judge(
+                name, target, value, dict(chance), tr, entry["others"], spec.necessity or {},
+                rules, cfg.alpha)
+            entry["isolated"] = entry["verdict"] == "isolated"
         out.append(entry)
     return out
 
 
-def _verdict(name: str, target: str, tr: dict[str, Any], others: list[dict[str, Any]],
-             alpha: float) -> tuple[bool | None, str]:
-    if not others:
-        return None, "needs a second eval task to check that other subroutines survive"
-    hits = tr["p_holm"] < alpha
-    parts = [f"ablating {name} {'hurts' if hits else 'does not hurt'} {target} beyond random "
-             f"(p_holm = {tr['p_holm']:.3f}, effect = {tr['effect']:+.3f})"]
-    hurt = [o for o in others if o["hurt"]]
-    if hurt:
-        parts.append("hurts other tasks beyond random: " + ", ".join(
-            f"{o['task']} (p = {o['p_value']:.3f}, effect = {o['effect']:+.3f})" for o in hurt))
-    else:
-        parts.append("hurts no other task beyond random (" + ", ".join(
-            f"{o['task']}: p = {o['p_value']:.3f}" for o in others) + ")")
-    return hits and not hurt, "; ".join(parts)
+def _necessity_summary(spec: _Spec) -> dict[str, Any] | None:
+    """How the ablated set was found: rounds peeled, whether the subroutine broke, sizes."""
+    if spec.keep is None:
+        return None
+    rounds = (spec.necessity or {}).get("rounds") or []
+    return {"rounds": len(rounds), "broken": bool((spec.necessity or {}).get("broken")),
+            "union_density": rounds[-1]["union_density"] if rounds else None,
+            "first_density": rounds[0]["density"] if rounds else None}

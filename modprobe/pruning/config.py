@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 METHODS = ("continuous", "hard_concrete", "magnitude")
+NECESSITY = ("peel", "none")
 # β_max · (init + margin) at least this: the rescale 1/sigmoid(β·c) is below 1.001 by the end.
 _FADED = 6.91
 GRANULARITIES = ("weight", "neuron", "head")
@@ -50,6 +51,15 @@ class MaskConfig:
     ``lr``: Adam's step on the logits (default: 0.01 for ``"continuous"``, 0.05 for the noisier
     ``"hard_concrete"`` gates, whose ``init`` is their log α, default 2: mostly open).
     ``dropout=False`` trains with dropout off.
+    ``necessity``: ``"peel"`` (default) also finds every weight the subroutine can run on: the
+    search is repeated on the model with the subnetworks found so far removed, until the
+    remainder's held-out metric falls to ``chance + break_fraction · (full - chance)`` or
+    ``max_rounds`` subnetworks were peeled (see :mod:`modprobe.pruning.necessity`). Their union
+    is ``Subnetwork.necessary``, the set ablation removes; the first round stays ``masks``, the
+    minimal sufficient subnetwork. ``"none"`` searches the sufficient subnetwork only (then an
+    ablation tests a sufficient set, which a redundant network survives). Round r trains with
+    ``l0_lambda · peel_decay^(r-1)`` (the chosen λ, then ever weaker penalties), so later rounds
+    keep denser subnetworks and a wide module's many redundant paths are covered in a few rounds.
     """
 
     method: str = "continuous"
@@ -66,6 +76,10 @@ class MaskConfig:
     density: float | tuple[float, ...] = 0.1
     tolerance: float = 0.02
     dropout: bool = False
+    necessity: str = "peel"
+    max_rounds: int = 8
+    break_fraction: float = 0.25
+    peel_decay: float = 0.5
     seed: int = 0
     device: str | None = None
 
@@ -82,6 +96,16 @@ class MaskConfig:
             object.__setattr__(self, "params", (self.params,))
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.necessity not in NECESSITY:
+            raise ValueError(f"necessity must be one of {NECESSITY}, got {self.necessity!r}")
+        if not isinstance(self.max_rounds, int) or self.max_rounds < 1:
+            raise ValueError(f"max_rounds must be an integer >= 1, got {self.max_rounds!r}")
+        if not 0 <= self.break_fraction < 1:
+            raise ValueError(f"break_fraction must lie in [0, 1) (0: the remainder must fall to "
+                             f"chance), got {self.break_fraction!r}")
+        if not 0 < self.peel_decay <= 1:
+            raise ValueError(f"peel_decay must lie in (0, 1] (1: every round uses the chosen "
+                             f"l0_lambda), got {self.peel_decay!r}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         for name in ("l0_lambda", "init", "density"):

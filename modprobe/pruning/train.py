@@ -20,6 +20,7 @@ from ..subroutine import Subroutine, as_subroutine, evaluate, move_to
 from .config import MaskConfig
 from .masks import (MaskSet, expand_units, layout, magnitude_units, per_slot, scaled_weights,
                     select_params, split_units)
+from .necessity import peel
 from .subnetwork import Subnetwork
 
 
@@ -117,10 +118,32 @@ def _search(hm: HookedModel, name: str, sub: Subroutine, val: Subroutine | None,
     if val is not None:
         metrics[f"val_{metric}"] = rows[chosen][f"val_{metric}"]
         metrics[f"val_full_{metric}"] = full[f"val_{metric}"]
-    unit_masks = split_units(slots, units.cpu()) if config.granularity != "weight" else None
+    per_unit = config.granularity != "weight"
+    necessary = necessary_units = None
+    necessity: dict = {}
+    if config.necessity == "peel" and config.method == "magnitude":
+        choice_notes.append("necessity='peel' needs a trained mask; magnitude masks are "
+                            "sufficiency-only (ablation removes the top-|w| set itself)")
+    elif config.necessity == "peel":
+        judge = val if val is not None else sub
+        peeled = peel(hm, judge, slots, weights, units,
+                      lambda base, number: _fit(hm, sub, slots, base, dataclasses.replace(
+                          point_config, seed=config.seed + 1000 * number,
+                          l0_lambda=point_config.l0_lambda * config.peel_decay ** (number - 1)),
+                          f"{name} necessity round {number}", progress)[0],
+                      lambda u: _density(slots, u),
+                      full=full[f"val_{metric}" if val is not None else metric],
+                      chance=judge.chance_level(), break_fraction=config.break_fraction,
+                      max_rounds=config.max_rounds)
+        necessary = expand_units(slots, peeled.units.cpu())
+        necessary_units = split_units(slots, peeled.units.cpu()) if per_unit else None
+        necessity = {"rounds": peeled.rounds, "broken": peeled.broken, "level": peeled.level,
+                     "data": "validation" if val is not None else "training"}
     return Subnetwork(name=name, masks=expand_units(slots, units.cpu()), config=point_config,
-                      metrics=metrics, history=history, units=unit_masks,
-                      notes=notes + choice_notes, selection=rows if len(grid) > 1 else [])
+                      metrics=metrics, history=history,
+                      units=split_units(slots, units.cpu()) if per_unit else None,
+                      notes=notes + choice_notes, selection=rows if len(grid) > 1 else [],
+                      necessary=necessary, necessary_units=necessary_units, necessity=necessity)
 
 
 def _choose(rows: list[dict], full: dict[str, float], metric: str,
