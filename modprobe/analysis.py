@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from . import _io, ablation, probes, pruning, tasks
 from ._results import format_table
 from .fitting import FitConfig, FitResult, Readout, fit
-from .models import HookedModel, load_model
+from .models import HookedModel, load_model, reinitialize
 from .report import write_report
 from .subroutine import Subroutine
 
@@ -48,7 +48,10 @@ class AnalysisConfig:
     needed before Holm-corrected empirical p-values can fall below 0.05.
     ``necessity`` and ``max_rounds``: the pruning stage's necessity search (``MaskConfig``):
     ``"peel"`` finds every weight a subroutine can run on before ablating, ``"none"`` ablates the
-    sufficient subnetwork only.
+    sufficient subnetwork only. ``twin_check``: run each subroutine's chosen mask search once
+    more on ``reinitialize(model, seed)`` (the same head); when a mask on random weights also
+    performs the subroutine, the verdict says that sufficiency cannot separate finding a
+    function from creating it (supermasks).
     """
 
     seed: int = 0
@@ -58,6 +61,7 @@ class AnalysisConfig:
     mask_lambda: float | tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
     necessity: str = "peel"
     max_rounds: int = 8
+    twin_check: bool = True
     n_random: int = 100
     complement: bool = True
     strategy: str = "zero"
@@ -141,6 +145,10 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
         load=lambda d: {p.name: pruning.Subnetwork.load(p)
                         for p in sorted(d.iterdir()) if p.is_dir()})
 
+    twin = _cached(store, "twin.json", lambda: _twin_check(
+        fitted, train, validation, subnetworks, config), save=lambda v, p: _io.write_json(p, v),
+        load=lambda p: json.loads(p.read_text())) if config.twin_check else {}
+
     tests = {name: with_head(split.test) for name, split in task.subroutines.items()}
     ablation_report = _cached(store, "ablation.json", lambda: ablation.run(
         fitted, subnetworks, tests, n_random=config.n_random, seed=config.seed,
@@ -156,8 +164,10 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
         save=lambda rep, p: _io.write_json(p, rep.to_dict()),
         load=lambda p: probes.ProbeReport.from_dict(json.loads(p.read_text())))
 
+    _add_twin_evidence(ablation_report.isolation, twin, subnetworks)
     results = _results(hm, task, config, label, fit_result, subnetworks, ablation_report,
                        probe_report)
+    results["twin_check"] = twin
     analysis = Analysis(results, subnetworks, Path(out) if out is not None else None)
     if store is not None:
         _io.write_json(store.root / "results.json", results)
@@ -196,6 +206,47 @@ def _fit_stage(hm: HookedModel, task: Any, config: AnalysisConfig, store: "_Stor
                         pooling=readout.pooling, n_positions=readout.n_positions)
         _io.write_json(store.path("fit.json"), {"result": result.to_dict(), "readout": head})
     return fitted, readout, result
+
+
+def _twin_check(fitted: HookedModel, train: dict[str, Subroutine],
+                validation: dict[str, Subroutine], subnetworks: dict[str, Any],
+                config: AnalysisConfig) -> dict[str, Any]:
+    """Each subroutine's chosen search (its selected λ, no necessity rounds) on a random-init
+    twin: ``{name: {"keep_only", "full", "density", "data"}}`` on validation data if any."""
+    twin = reinitialize(fitted, seed=config.seed)
+    out = {}
+    for name, sub in subnetworks.items():
+        cfg = dataclasses.replace(sub.config, necessity="none")
+        val = {name: validation[name]} if name in validation else None
+        found = pruning.train_subnetworks(twin, {name: train[name]}, cfg, validation=val,
+                                          progress=config.progress)[name]
+        metric = train[name].metric_name
+        key = f"val_{metric}" if val else metric
+        full_key = f"val_full_{metric}" if val else f"full_{metric}"
+        out[name] = {"keep_only": found.metrics[key], "full": found.metrics[full_key],
+                     "full_trained": sub.metrics[full_key], "density": found.density,
+                     "data": "validation" if val else "training"}
+    return out
+
+
+def _add_twin_evidence(isolation: list[dict[str, Any]], twin: dict[str, Any],
+                       subnetworks: dict[str, Any]) -> None:
+    """Put the twin's keep-only score beside each verdict; caution when random weights masked
+    the same way perform the subroutine about as well as the trained model does."""
+    for entry in isolation:
+        found = twin.get(entry["subnetwork"])
+        if not found or entry.get("verdict") in (None, "cannot judge"):
+            continue
+        chance = entry["chance_target"]
+        entry["twin_keep_only"] = found["keep_only"]
+        entry["creatable"] = found["keep_only"] >= chance + 0.8 * (found["full_trained"] - chance)
+        if entry["creatable"]:
+            entry["reason"] += (
+                f"; caution: a mask on a random-init twin also performs {entry['target_task']} "
+                f"(keep-only {found['keep_only']:.3f} vs the trained model's "
+                f"{found['full_trained']:.3f}), so the subnetwork's sufficiency cannot separate "
+                "finding the function from creating it; the ablation evidence is about the "
+                "trained weights and stands")
 
 
 def _cached(store: "_Store | None", name: str, compute: Callable[[], Any],

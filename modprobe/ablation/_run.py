@@ -246,7 +246,8 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
     for name, spec in specs.items():
         target = goals[name]
         entry: dict[str, Any] = dict(model=cfg.label, subnetwork=name, target_task=target,
-                                     verdict=None, isolated=None, reason="", p_target=None,
+                                     chance_target=chance.get(target), verdict=None,
+                                     isolated=None, reason="", p_target=None,
                                      p_target_holm=None, effect_target=None,
                                      effect_z_target=None, others=[],
                                      necessity=_necessity_summary(spec))
