@@ -8,10 +8,12 @@ from pathlib import Path
 import torch
 
 from .._io import atomic_write, write_json
+from .._validate import read_json, read_tensors
 from .config import MaskConfig
 
 _FORMAT = 1
 _TENSORS, _META = "masks.safetensors", "subnetwork.json"
+_REQUIRED = ("name", "config", "metrics", "history", "notes", "selection", "order", "has_units")
 
 
 @dataclass
@@ -62,7 +64,7 @@ class Subnetwork:
                         for n, u in (self.units or {}).items()})
         atomic_write(directory / _TENSORS, lambda tmp: save_file(tensors, tmp))
         write_json(directory / _META, {
-            "format": _FORMAT, "name": self.name, "config": self.config.to_dict(),
+            "schema_version": _FORMAT, "kind": "subnetwork", "name": self.name, "config": self.config.to_dict(),
             "metrics": self.metrics, "history": self.history, "notes": self.notes,
             "selection": self.selection, "order": list(self.masks),
             "has_units": self.units is not None})
@@ -70,20 +72,38 @@ class Subnetwork:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Subnetwork":
-        """Read a subnetwork written by :meth:`save`."""
-        from safetensors.torch import load_file
-
+        """Read a subnetwork written by :meth:`save`; a file that is truncated, lacks keys or holds
+        non-boolean masks is refused with its path."""
         directory = Path(directory)
         if not (directory / _META).exists() or not (directory / _TENSORS).exists():
             raise FileNotFoundError(f"{directory} holds no saved Subnetwork (expected {_META} and "
                                     f"{_TENSORS}, written by Subnetwork.save)")
-        meta = json.loads((directory / _META).read_text(encoding="utf-8"))
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{directory / _META} has format {meta.get('format')}, expected {_FORMAT}")
-        tensors = load_file(str(directory / _TENSORS))
+        path = directory / _META
+        meta = read_json(path, kind=("subnetwork", None), versioned=False, required=_REQUIRED)
+        version = meta.get("schema_version", meta.get("format"))
+        if version != _FORMAT:
+            raise ValueError(f"{path} has schema_version {version!r}, but this modprobe reads "
+                             f"version {_FORMAT}")
+        tensors = read_tensors(directory / _TENSORS)
         order = meta["order"]
+        if not isinstance(order, list):
+            raise ValueError(f"{path}: 'order' must list the masked parameter names")
+        keys = [f"{kind}/{n}" for kind in ("mask", "unit")[:1 + bool(meta["has_units"])]
+                for n in order]
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise ValueError(f"{directory / _TENSORS} lacks the tensors {missing[:5]} that {path} "
+                             "lists; the two files come from different saves: save again")
+        not_bool = [k for k in keys if tensors[k].dtype != torch.bool]
+        if not_bool:
+            raise ValueError(f"{directory / _TENSORS} holds non-boolean masks {not_bool[:5]} "
+                             f"(dtype {tensors[not_bool[0]].dtype}); masks are bool tensors, "
+                             "True = kept: convert with mask > 0.5 and save again")
+        try:
+            config = MaskConfig.from_dict(meta["config"])
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{path} holds an invalid mask config: {err}") from None
         units = {n: tensors[f"unit/{n}"] for n in order} if meta["has_units"] else None
         return cls(name=meta["name"], masks={n: tensors[f"mask/{n}"] for n in order},
-                   config=MaskConfig.from_dict(meta["config"]), metrics=meta["metrics"],
-                   history=meta["history"], units=units, notes=meta["notes"],
-                   selection=meta["selection"])
+                   config=config, metrics=meta["metrics"], history=meta["history"], units=units,
+                   notes=meta["notes"], selection=meta["selection"])
