@@ -202,14 +202,19 @@ def evaluate(model: Any, sub: Subroutine, params: Mapping[str, torch.Tensor] | N
         logits.append(sub.read(out).float())
         targets.append(batch_targets.to(model.device))
     logits, targets = torch.cat(logits), torch.cat(targets)
-    if sub.loss is None and not targets.is_floating_point():
+    _check_classes(sub, logits, targets)
+    return sub.score(logits, targets)
+
+
+def _check_classes(sub: Subroutine, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    """Integer targets scored by the default loss must name one of the readout's classes."""
+    if sub.loss is None and not targets.is_floating_point() and logits.dim() > 0:
         n_classes, scored = logits.shape[-1], targets[targets != -100]  # -100: ignored positions
         low, high = (int(scored.min()), int(scored.max())) if scored.numel() else (0, 0)
         if low < 0 or high >= n_classes:
             raise ValueError(f"targets run from {low} to {high} but the readout gives {n_classes} "
                              f"classes (targets must lie in 0..{n_classes - 1}): fix the labels or "
                              "pass a readout= that yields one logit per class")
-    return sub.score(logits, targets)
 
 
 def as_subroutine(data: Any) -> Subroutine:
@@ -241,18 +246,37 @@ def move_to(inputs: Any, device: torch.device | str) -> Any:
 
 
 def check_output(model: Any, sub: Subroutine, name: str) -> None:
-    """Run one batch of ``sub`` through ``model`` and score it, so that targets the model's output
-    cannot be scored against fail now, naming the subroutine, rather than mid-training."""
+    """Run one batch of ``sub`` through ``model`` and score it, so that inputs the model cannot
+    take, or targets its output cannot be scored against, fail now, naming the subroutine,
+    rather than mid-training."""
     inputs, targets = next(iter(sub.batches()))
     with torch.no_grad(), model.evaluating():
         try:
-            logits = sub.read(model(move_to(inputs, model.device)))
+            out = model(move_to(inputs, model.device))
+        except torch.OutOfMemoryError:
+            raise
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:
+            raise ValueError(f"subroutine {name!r}: the model cannot run on its inputs "
+                             f"({_describe(inputs)}): {err}") from err
+        try:
+            logits = sub.read(out)
             targets = targets.to(logits.device)
+            _check_classes(sub, logits, targets)
             sub.compute_loss(logits, targets)
             sub.score(logits, targets)
         except (ValueError, TypeError, IndexError, RuntimeError) as err:
-            raise ValueError(f"subroutine {name!r}: its targets cannot be scored against the "
-                             f"model's output: {err}") from err
+            raise ValueError(f"subroutine {name!r}: its targets {tuple(targets.shape)} "
+                             f"({targets.dtype}) cannot be scored against the model's output: "
+                             f"{err}") from err
+
+
+def _describe(inputs: Any) -> str:
+    if isinstance(inputs, torch.Tensor):
+        return f"a batch of shape {tuple(inputs.shape)}"
+    if isinstance(inputs, Mapping):
+        return ", ".join(f"{k}: {tuple(v.shape)}" for k, v in inputs.items()
+                         if isinstance(v, torch.Tensor))
+    return type(inputs).__name__
 
 
 def _check_pair(inputs: Any, targets: torch.Tensor) -> None:

@@ -1,5 +1,6 @@
 """Bad inputs and faults: one clear error before any work, nothing written outside out/, checked
 results files. Each case of the hardening issue is one row of a table below."""
+import dataclasses
 import errno
 import json
 import math
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import save_file
+from torch import nn
 
 import modprobe as mp
 from modprobe import cli
@@ -334,3 +337,66 @@ def test_cli_full_disk_gives_one_line(factory, tmp_path, monkeypatch):
     monkeypatch.setattr(mp.analysis, "analyze", disk_full)
     with pytest.raises(SystemExit, match=r"^modprobe: error: OSError: \[Errno 28\] No space left"):
         cli.main(["analyze", *factory, "--out", str(tmp_path / "out"), "--quick"])
+
+
+# ----------------------------------------------------------------------------- properties
+CLEAN_ERRORS = (ValueError, TypeError, FileNotFoundError)
+ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 300), st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["", "zero", "continuous", "neuron", "cpu", "banana", "*.weight", "fc1.*"]),
+    st.lists(st.one_of(st.floats(-2, 2e3), st.just(math.nan)), max_size=3).map(tuple),
+    st.lists(st.sampled_from(["", "*.weight", "fc1.*"]), max_size=2).map(tuple))
+CONFIGS = [mp.AnalysisConfig, MaskConfig, FitConfig, ProbeConfig, mp.ablation.AblationConfig]
+
+
+def _numbers(value):
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cls=st.sampled_from(CONFIGS), data=st.data())
+def test_property_a_config_is_either_valid_or_refused_naming_a_field(cls, data):
+    fields = [f.name for f in dataclasses.fields(cls) if f.name != "fit"]
+    kwargs = data.draw(st.dictionaries(st.sampled_from(fields), ANY_VALUE, max_size=3))
+    try:
+        config = cls(**kwargs)
+    except CLEAN_ERRORS as err:
+        assert any(name in str(err) for name in kwargs), str(err)
+        return
+    values = [getattr(config, f) for f in fields]
+    assert all(math.isfinite(v) for v in _numbers(values))  # no NaN or infinity is ever accepted
+    seed = getattr(config, "seed")
+    assert isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_in=st.integers(0, 12), n_out=st.integers(0, 12), width=st.sampled_from([4, 5]),
+       kind=st.sampled_from(["classes", "too many classes", "float", "float pairs", "bool"]),
+       density=st.one_of(st.floats(0, 1.5), st.just(float("nan"))),
+       n_random=st.integers(-1, 3))
+def test_property_entry_points_give_a_clean_result_or_a_clean_error(n_in, n_out, width, kind,
+                                                                    density, n_random):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    x = torch.randn(n_in, width)
+    y = {"classes": torch.randint(0, 2, (n_out,)), "too many classes": torch.randint(0, 5, (n_out,)),
+         "float": torch.randn(n_out), "float pairs": torch.randn(n_out, 2),
+         "bool": torch.rand(n_out) > 0.5}[kind]
+    try:
+        sub = mp.Subroutine((x, y))
+        config = MaskConfig(method="magnitude", density=density)
+        nets = mp.pruning.train_subnetworks(model, {"A": sub}, config, progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rep = mp.ablation.run(model, nets, {"A": sub}, n_random=n_random, n_boot=0,
+                                  progress=False)
+    except CLEAN_ERRORS as err:
+        assert str(err)
+        return
+    assert n_in == n_out > 0 and width == 4 and kind != "too many classes"
+    assert 0 < nets["A"].density <= 1
+    assert {r["condition"] for r in rep.rows} >= {"full", "ablate", "keep_only", "random_ablate"}

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import reinitialize, wrap
-from ..subroutine import Subroutine, as_subroutine, move_to
+from ..subroutine import Subroutine, as_subroutine, check_output, move_to
 from ._evaluate import _Evaluator, _MeanAblation
 from ._masks import _no_complement, _controls, _generator, _overlap, _Spec, _specs
 from ._report import AblationReport
@@ -73,6 +73,8 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
                          batch_size, vectorize, mask_chunk)
     hm = wrap(model)
     tasks = _tasks(eval_data)
+    for name, sub in tasks.items():
+        check_output(hm, sub, name)
     specs = _specs(hm, subnetworks)
     params = list(dict.fromkeys(p for s in specs.values() for p in s.masks))
     means = _MeanAblation(hm, params) if strategy == "mean" else None
