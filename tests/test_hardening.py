@@ -400,3 +400,14 @@ def test_property_entry_points_give_a_clean_result_or_a_clean_error(n_in, n_out,
     assert n_in == n_out > 0 and width == 4 and kind != "too many classes"
     assert 0 < nets["A"].density <= 1
     assert {r["condition"] for r in rep.rows} >= {"full", "ablate", "keep_only", "random_ablate"}
+
+
+def test_the_package_never_unpickles():
+    """SECURITY.md: modprobe's own files are JSON and safetensors; nothing calls pickle or
+    torch.load."""
+    import re
+
+    sources = Path(mp.__file__).parent.rglob("*.py")
+    hits = [p.name for p in sources if re.search(r"\bimport pickle\b|\bpickle\.|torch\.load\(",
+                                                 p.read_text())]
+    assert hits == []
