@@ -250,14 +250,8 @@ def check_output(model: Any, sub: Subroutine, name: str) -> None:
     take, or targets its output cannot be scored against, fail now, naming the subroutine,
     rather than mid-training."""
     inputs, targets = next(iter(sub.batches()))
-    with torch.no_grad(), model.evaluating():
-        try:
-            out = model(move_to(inputs, model.device))
-        except torch.OutOfMemoryError:
-            raise
-        except (ValueError, TypeError, IndexError, RuntimeError) as err:
-            raise ValueError(f"subroutine {name!r}: the model cannot run on its inputs "
-                             f"({_describe(inputs)}): {err}") from err
+    out = check_runs(model, inputs, f"subroutine {name!r}")
+    with torch.no_grad():
         try:
             logits = sub.read(out)
             targets = targets.to(logits.device)
@@ -267,6 +261,19 @@ def check_output(model: Any, sub: Subroutine, name: str) -> None:
         except (ValueError, TypeError, IndexError, RuntimeError) as err:
             raise ValueError(f"subroutine {name!r}: its targets {tuple(targets.shape)} "
                              f"({targets.dtype}) cannot be scored against the model's output: "
+                             f"{err}") from err
+
+
+def check_runs(model: Any, inputs: Any, what: str) -> Any:
+    """The model's output on ``inputs`` (one batch), or a ValueError naming ``what`` and the
+    inputs' shapes when the model cannot take them."""
+    with torch.no_grad(), model.evaluating():
+        try:
+            return model(move_to(inputs, model.device))
+        except torch.OutOfMemoryError:
+            raise
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:
+            raise ValueError(f"{what}: the model cannot run on its inputs ({_describe(inputs)}): "
                              f"{err}") from err
 
 

@@ -159,6 +159,23 @@ def test_float_targets_against_a_two_class_output_name_the_mismatch():
                                      progress=False)
 
 
+@pytest.mark.parametrize("entry", ["train_subnetworks", "ablation.run", "decodability"])
+def test_inputs_the_model_cannot_take_are_named_not_a_raw_torch_error(entry):
+    model = tiny_model()  # 16 inputs
+    x, y = torch.randn(40, 15), torch.randint(0, 2, (40,))
+    call = {
+        "train_subnetworks": lambda: mp.pruning.train_subnetworks(
+            model, {"A": (x, y)}, MaskConfig(method="magnitude"), progress=False),
+        "ablation.run": lambda: mp.ablation.run(
+            model, {"A": {"fc1.weight": torch.ones(16, 16, dtype=torch.bool)}}, {"A": (x, y)},
+            n_random=2, progress=False),
+        "decodability": lambda: mp.probes.decodability(model, x, {"c": y}, cv=2, progress=False),
+    }[entry]
+    with pytest.raises(ValueError, match=r"cannot run on its inputs \(a batch of shape \(\d+, 15\)\)"
+                                         r".*mat1 and mat2"):
+        call()
+
+
 # ----------------------------------------------------------------------------- resume
 def test_resume_with_permuted_weights_of_the_same_sum_is_refused(tmp_path, monkeypatch):
     """The fingerprint hashes the weights' bytes, so a permutation (same sum, same repr) is

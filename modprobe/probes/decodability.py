@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..models import HookedModel, wrap
+from ..subroutine import check_runs, index_inputs
 from .activations import (INPUT, POOLINGS, check_hooks, collect, default_hooks, input_rows,
                           n_examples)
 from .crossval import baseline_predictions, cross_validate
@@ -220,6 +221,8 @@ def _data(hm: HookedModel, inputs: Any, labels: Any, groups: Any) -> _Data:
                         f"{type(labels).__name__}")
     inputs = _tokenized(hm, inputs)
     n = n_examples(inputs)
+    if n:
+        check_runs(hm, index_inputs(inputs, torch.arange(min(n, 2))), "probe inputs")
     return _Data(inputs, labels, None if groups is None else _ids(groups, n, "groups"), n)
 
 
