@@ -139,7 +139,7 @@ class Device:
     none: bool = True
 
     def ok(self, value: Any) -> bool:
-        return _device_problem(value) is None
+        return device_problem(value) is None
 
     def describe(self) -> str:
         return 'a device this machine has, e.g. "cpu" or "cuda"'
@@ -167,7 +167,7 @@ def check(config: Any, constraints: Mapping[str, Any], fixes: Mapping[str, str] 
         if rule.ok(value):
             continue
         hint = (fixes or {}).get(name, "")
-        problem = _device_problem(value) if isinstance(rule, Device) else None
+        problem = device_problem(value) if isinstance(rule, Device) else None
         detail = f" ({problem})" if problem else ""
         if isinstance(rule, OneOf):
             message = (f"{cls}.{name}: unknown {name} {value!r}; choose one of "
@@ -193,7 +193,7 @@ def as_tuple(config: Any, *names: str, scalars: bool = False) -> None:
         object.__setattr__(config, name, value)
 
 
-def _device_problem(value: Any) -> str | None:
+def device_problem(value: Any) -> str | None:
     if value is None:
         return None
     try:
@@ -214,7 +214,7 @@ def _device_problem(value: Any) -> str | None:
 
 def device(value: Any) -> Any:
     """``value`` if it names a usable torch device (or is None), else a ValueError saying why."""
-    problem = _device_problem(value)
+    problem = device_problem(value)
     if problem:
         raise ValueError(f"device {value!r} cannot be used: {problem}")
     return value

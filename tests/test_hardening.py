@@ -269,6 +269,16 @@ def test_subnetwork_load_names_the_file_that_is_damaged(tmp_path, damage, match)
     assert str(directory) in str(err.value)
 
 
+def test_a_subnetwork_trained_on_a_missing_device_still_loads(tmp_path):
+    """Device checks refuse a device a new config asks for, not one a saved file records."""
+    directory = _saved_subnetwork(tmp_path)
+    meta = json.loads((directory / "subnetwork.json").read_text())
+    meta["config"]["device"] = "cuda:7"
+    (directory / "subnetwork.json").write_text(json.dumps(meta))
+    loaded = Subnetwork.load(directory)
+    assert loaded.config.device is None and loaded.masks.keys() == {"fc1.weight"}
+
+
 def test_a_corrupt_hf_directory_names_its_problem_without_a_misleading_fallback(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert", ')
     with warnings.catch_warnings():

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .._io import atomic_write, write_json
-from .._validate import read_json, read_tensors
+from .._validate import device_problem, read_json, read_tensors
 from .config import MaskConfig
 
 _FORMAT = 1
@@ -100,7 +100,10 @@ class Subnetwork:
                              f"(dtype {tensors[not_bool[0]].dtype}); masks are bool tensors, "
                              "True = kept: convert with mask > 0.5 and save again")
         try:
-            config = MaskConfig.from_dict(meta["config"])
+            saved = dict(meta["config"])
+            if device_problem(saved.get("device")):  # trained on a device this machine lacks
+                saved["device"] = None
+            config = MaskConfig.from_dict(saved)
         except (TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{path} holds an invalid mask config: {err}") from None
         units = {n: tensors[f"unit/{n}"] for n in order} if meta["has_units"] else None
