@@ -19,17 +19,30 @@ from typing import Any, Callable
 
 import torch
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from . import _io, ablation, probes, pruning, tasks
+from . import _io, _validate, ablation, probes, pruning, tasks
 from ._results import format_table
+from .ablation._run import STRATEGIES
 from .fitting import FitConfig, FitResult, Readout, fit
 from .models import HookedModel, load_model, reinitialize
 from .report import write_report
-from .subroutine import Subroutine
+from .subroutine import Subroutine, check_output
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = _validate.SCHEMA_VERSION
 _WEAK_FIT = 0.8  # a composite-task metric below this gets a caution in the verdict
+
+
+_CONSTRAINTS = {
+    "seed": _validate.Int(0), "fit": _validate.Instance(FitConfig),
+    "mask_params": _validate.Strings(none=True), "mask_epochs": _validate.Int(1),
+    "mask_lambda": _validate.Real(0, grid=True), "n_random": _validate.Int(1),
+    "complement": _validate.Bool(), "strategy": _validate.OneOf(STRATEGIES),
+    "probe_cv": _validate.Int(2), "probe_hooks": _validate.Strings(none=True),
+    "validation_fraction": _validate.Real(0, 1, high_open=True), "progress": _validate.Bool(),
+    "necessity": _validate.OneOf(pruning.NECESSITY), "max_rounds": _validate.Int(1),
+    "twin_check": _validate.Bool(),
+}
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,14 @@ class AnalysisConfig:
     probe_hooks: tuple[str, ...] | None = None
     validation_fraction: float = 0.25
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        _validate.as_tuple(self, "mask_params", "mask_lambda", "probe_hooks")
+        _validate.check(self, _CONSTRAINTS, {
+            "mask_lambda": "e.g. 100 or the grid (1, 10, 100, 1000)",
+            "n_random": "random controls give the p-values; use >= 80 for 2 subnetworks x 2 tasks",
+            "probe_cv": "cross-validation needs at least 2 folds",
+            "validation_fraction": "0 uses the pruning default, e.g. 0.25 holds out a quarter"})
 
     @classmethod
     def quick(cls, seed: int = 0, **overrides: Any) -> "AnalysisConfig":
@@ -117,12 +138,15 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     "random_init"). With ``out``, every stage is saved and a rerun resumes.
     """
     config = config or AnalysisConfig()
+    if not isinstance(config, AnalysisConfig):
+        raise TypeError(f"config must be an AnalysisConfig, got {type(config).__name__}")
     hm = load_model(model)
     if isinstance(task, str):
         task = tasks.load(task, seed=config.seed)
     mask_config = pruning.MaskConfig(params=config.mask_params, epochs=config.mask_epochs,
                                      l0_lambda=config.mask_lambda, necessity=config.necessity,
                                      max_rounds=config.max_rounds, seed=config.seed)
+    _check_inputs(hm, task, config, label)
     store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
              if out is not None else None)
 
@@ -141,28 +165,29 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
             train[name], validation[name] = sub.holdout(config.validation_fraction)
     subnetworks = _cached(store, "masks", lambda: pruning.train_subnetworks(
         fitted, train, mask_config, validation=validation, progress=config.progress),
-        save=lambda subs, d: [s.save(d / n) for n, s in subs.items()],
-        load=lambda d: {p.name: pruning.Subnetwork.load(p)
-                        for p in sorted(d.iterdir()) if p.is_dir()})
+        save=lambda subs, d: [s.save(d / _validate.path_name(n)) for n, s in subs.items()],
+        load=lambda d: _load_masks(store, list(task.subroutines)))
 
     twin = _cached(store, "twin.json", lambda: _twin_check(
-        fitted, train, validation, subnetworks, config), save=lambda v, p: _io.write_json(p, v),
-        load=lambda p: json.loads(p.read_text())) if config.twin_check else {}
+        fitted, train, validation, subnetworks, config),
+        save=lambda found, p: _write_stage(p, "twin", {"subnetworks": found}),
+        load=lambda p: _read_stage(p, "twin", lambda d: d["subnetworks"])
+        ) if config.twin_check else {}
 
     tests = {name: with_head(split.test) for name, split in task.subroutines.items()}
     ablation_report = _cached(store, "ablation.json", lambda: ablation.run(
         fitted, subnetworks, tests, n_random=config.n_random, seed=config.seed,
         strategy=config.strategy, complement=config.complement, label=label,
         progress=config.progress),
-        save=lambda rep, p: _io.write_json(p, rep.to_dict()),
-        load=lambda p: ablation.AblationReport.from_dict(json.loads(p.read_text())))
+        save=lambda rep, p: _write_stage(p, "ablation", rep.to_dict()),
+        load=lambda p: _read_stage(p, "ablation", ablation.AblationReport.from_dict))
 
     probe_report = _cached(store, "probes.json", lambda: probes.decodability(
         fitted, task.constituents, hooks=config.probe_hooks, cv=config.probe_cv,
         seed=config.seed, heldout=task.heldout_constituents, condition=label,
         progress=config.progress),
-        save=lambda rep, p: _io.write_json(p, rep.to_dict()),
-        load=lambda p: probes.ProbeReport.from_dict(json.loads(p.read_text())))
+        save=lambda rep, p: _write_stage(p, "probes", rep.to_dict()),
+        load=lambda p: _read_stage(p, "probes", probes.ProbeReport.from_dict))
 
     _add_twin_evidence(ablation_report.isolation, twin, subnetworks)
     results = _results(hm, task, config, label, fit_result, subnetworks, ablation_report,
@@ -181,8 +206,8 @@ def _fit_stage(hm: HookedModel, task: Any, config: AnalysisConfig, store: "_Stor
     """Stage 1, or its saved result: the head (and fine-tuned backbone) from ``out/model``."""
     n_outputs = task.n_classes or int(task.composite.train.targets().shape[-1])
     if store is not None and store.done("fit.json"):
-        saved = json.loads(store.path("fit.json").read_text())
-        result = FitResult(**saved["result"])
+        saved, result = _read_stage(store.path("fit.json"), "fit",
+                                    lambda d: (d, FitResult(**d["result"])), ("result", "readout"))
         fitted, readout = hm, None
         if result.finetuned:
             fitted = HookedModel(copy.deepcopy(hm.module), tokenizer=hm.tokenizer,
@@ -204,7 +229,7 @@ def _fit_stage(hm: HookedModel, task: Any, config: AnalysisConfig, store: "_Stor
             _save_parameters(readout, store.root / "model" / "head.safetensors")
             head = dict(d_in=readout.linear.in_features, n_out=readout.linear.out_features,
                         pooling=readout.pooling, n_positions=readout.n_positions)
-        _io.write_json(store.path("fit.json"), {"result": result.to_dict(), "readout": head})
+        _write_stage(store.path("fit.json"), "fit", {"result": result.to_dict(), "readout": head})
     return fitted, readout, result
 
 
@@ -258,6 +283,62 @@ def _cached(store: "_Store | None", name: str, compute: Callable[[], Any],
     if store is not None:
         store.finish(name, value, save)
     return value
+
+
+def _check_inputs(hm: HookedModel, task: Any, config: AnalysisConfig, label: str) -> None:
+    """Everything checkable before the first stage: names that become paths, parameter patterns
+    and probe hooks against the model, the hold-out split, and each subroutine that brings its
+    own readout scored on one batch of the model's output."""
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError(f"label must be a non-empty string, got {label!r}")
+    missing = [a for a in ("composite", "subroutines", "constituents") if not hasattr(task, a)]
+    if missing:
+        raise TypeError(f"task must be a modprobe.tasks.Task or a family name "
+                        f"{tasks.names()}, got {type(task).__name__} (it lacks {missing})")
+    if not task.subroutines:
+        raise ValueError("the task has no subroutines: there is nothing to find subnetworks for")
+    for name in task.subroutines:
+        _validate.path_name(name)
+    _validate.against_model(hm, config.mask_params, config.probe_hooks)
+    for name, split in task.subroutines.items():
+        if config.validation_fraction > 0:
+            split.train.holdout(config.validation_fraction)
+        for sub in (split.train, split.test):
+            if sub.readout is not None:
+                check_output(hm, sub, name)
+
+
+def _write_stage(path: Path, kind: str, data: dict[str, Any]) -> None:
+    _io.write_json(path, {"schema_version": SCHEMA_VERSION, "kind": kind, **data})
+
+
+def _read_stage(path: Path, kind: str, build: Callable[[dict[str, Any]], Any],
+                required: tuple[str, ...] = ()) -> Any:
+    """A saved stage, checked; a file that does not hold what its stage wrote is refused."""
+    data = _validate.read_json(path, kind=kind, required=required)
+    try:
+        return build(data)
+    except (TypeError, KeyError, ValueError) as err:
+        raise ValueError(f"{path} does not hold a complete {kind} stage ({err}); delete it and "
+                         "re-run to recompute the stage") from None
+
+
+def _load_masks(store: "_Store", names: list[str]) -> dict[str, Any]:
+    """The subnetworks recorded in ``stages/masks.done``, refused unless they are exactly this
+    task's subroutines and each directory holds the subnetwork of its name."""
+    done = store.root / "stages" / "masks.done"
+    recorded = _validate.read_json(done, kind="masks", required=("names",))["names"]
+    if sorted(recorded) != sorted(names):
+        raise ValueError(f"{done} records subnetworks {recorded}, but the task's subroutines are "
+                         f"{names}; delete {store.root / 'masks'} and {done} to retrain them")
+    subnetworks = {}
+    for name in recorded:
+        sub = pruning.Subnetwork.load(store.root / "masks" / _validate.path_name(name))
+        if sub.name != name:
+            raise ValueError(f"{store.root / 'masks' / name} holds subnetwork {sub.name!r}, not "
+                             f"{name!r}; delete {done} to retrain the masks")
+        subnetworks[name] = sub
+    return subnetworks
 
 
 # ----------------------------------------------------------------------------- results
@@ -340,6 +421,38 @@ def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
             "evidence": evidence}
 
 
+_RESULTS_KEYS = {
+    "analysis": ("label", "config", "model", "task", "fit", "subnetworks", "ablation", "probes",
+                 "scalars", "verdict"),
+    "comparison": ("config", "seeds", "metrics", "verdict", "pretrained", "random"),
+}
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A results.json (of an analysis or a comparison), checked: parseable, a schema version this
+    modprobe reads, a known ``kind`` and every key the report needs; errors name the path."""
+    results = _validate.read_json(path, kind=tuple(_RESULTS_KEYS))
+    _check_results(results, str(path))
+    return results
+
+
+def _check_results(results: Any, where: str) -> None:
+    kind = results.get("kind")
+    missing = [k for k in _RESULTS_KEYS[kind] if k not in results]
+    if missing:
+        raise ValueError(f"{where} lacks the key(s) {missing} of a {kind} results file; it is "
+                         "incomplete: re-run the analysis")
+    if kind == "comparison":
+        for group in ("pretrained", "random"):
+            runs = results[group]
+            if not isinstance(runs, list) or not runs:
+                raise ValueError(f"{where}: {group!r} must list one analysis per seed")
+            for i, run in enumerate(runs):
+                if not isinstance(run, dict) or run.get("kind") != "analysis":
+                    raise ValueError(f"{where}: {group}[{i}] is not an analysis result")
+                _check_results(run, f"{where} {group}[{i}]")
+
+
 def package_versions() -> dict[str, str]:
     import transformers
 
@@ -365,12 +478,12 @@ class _Store:
         (root / "stages").mkdir(parents=True, exist_ok=True)
         run = root / "run.json"
         if run.exists():
-            saved = json.loads(run.read_text()).get("fingerprint")
+            saved = _validate.read_json(run, kind="run", required=("fingerprint",))["fingerprint"]
             if saved != fingerprint:
                 raise ValueError(f"{root} holds a run with another model, task or configuration; "
                                  "pass a new out= directory (or delete this one) to start afresh")
         else:
-            _io.write_json(run, {"fingerprint": fingerprint})
+            _write_stage(run, "run", {"fingerprint": fingerprint})
 
     def path(self, name: str) -> Path:
         return self.root / ("masks" if name == "masks" else f"stages/{name}")
@@ -387,25 +500,36 @@ class _Store:
 
             tmp = self.root / ".masks.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save(value, tmp)
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-            _io.write_text(self.root / "stages" / "masks.done", "")
+            try:
+                tmp.mkdir(parents=True)
+                save(value, tmp)
+                shutil.rmtree(target, ignore_errors=True)
+                tmp.rename(target)
+            except BaseException:  # a full disk or an interrupt leaves no half-written copy
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            _write_stage(self.root / "stages" / "masks.done", "masks", {"names": list(value)})
         else:
             save(value, target)
 
 
 def _fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig,
                  mask_config: pruning.MaskConfig, label: str) -> str:
-    """Model, task and every setting, including the pruning defaults the config leaves open."""
+    """sha256 of the model's content (every parameter's and buffer's name, dtype, shape and
+    bytes), the task and every setting, including the pruning defaults the config leaves open."""
+    digest = hashlib.sha256()
     with torch.no_grad():
-        checksum = sum(float(p.double().sum()) for p in hm.module.parameters())
+        for kind, named in (("param", hm.module.named_parameters()),
+                            ("buffer", hm.module.named_buffers())):
+            for name, tensor in named:
+                tensor = tensor.detach().cpu().contiguous()
+                digest.update(f"{kind}:{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     blob = json.dumps({"config": config.to_dict(), "mask": mask_config.to_dict(),
-                       "task": task.name, "options": task.options,
-                       "model": repr(hm), "checksum": round(checksum, 6), "label": label},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+                       "task": task.name, "options": task.options, "model": repr(hm),
+                       "output": hm.output, "label": label}, sort_keys=True, default=str)
+    digest.update(blob.encode())
+    return digest.hexdigest()
 
 
 def _save_parameters(module: torch.nn.Module, path: Path) -> None:
@@ -416,6 +540,13 @@ def _save_parameters(module: torch.nn.Module, path: Path) -> None:
 def _load_parameters(target: Any, path: Path) -> None:
     module = target.module if isinstance(target, HookedModel) else target
     live = dict(module.named_parameters())
+    saved = _validate.read_tensors(path)
+    wrong = sorted(set(saved) ^ set(live)) + [n for n in saved if n in live
+                                               and saved[n].shape != live[n].shape]
+    if wrong:
+        raise ValueError(f"{path} does not fit this model (parameters {wrong[:5]} are missing, "
+                         "extra or of another shape); delete the run directory's model/ and "
+                         "stages/ to refit")
     with torch.no_grad():
-        for name, tensor in load_file(str(path)).items():
+        for name, tensor in saved.items():
             live[name].copy_(tensor.to(live[name].device))

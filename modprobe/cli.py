@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="modprobe", description="Modularity analysis of neural networks: one subnetwork per "
         "subroutine, ablations against random controls, constituent probes.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback when a command fails")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, model_required: bool = True) -> None:
@@ -59,12 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--seeds", type=int, nargs="+", default=[0],
                       help="more seeds give a confidence interval (each adds two analyses)")
+    for p in (analyze, compare, report, demo):
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback when the command fails")
     return parser
 
 
 def _load(args: argparse.Namespace) -> Any:
+    from ._validate import device
     from .models import load_model, wrap
 
+    device(args.device)
     if args.model_factory:
         module_name, _, function = args.model_factory.partition(":")
         if not function:
@@ -109,23 +115,43 @@ def _task(name: str, seed: int, quick: bool) -> Any:
     return tasks.load(name, seed=seed, **sizes)
 
 
+# Failures a user can fix (bad input, a missing or corrupt file, permissions, a full disk): one
+# line on stderr and exit status 1; anything else is a bug and keeps its traceback.
+_EXPECTED = (ValueError, TypeError, LookupError, OSError, ImportError, FloatingPointError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except _EXPECTED as err:
+        if args.debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        if isinstance(err, OSError) or not message:
+            message = f"{type(err).__name__}: {message}"
+        raise SystemExit(f"modprobe: error: {' '.join(message.split())} "
+                         "(--debug shows the traceback)") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "report":
+        from .analysis import read_results
         from .report import write_report
 
         results_path = args.run / "results.json"
         if not results_path.exists():
             raise SystemExit(f"{results_path} does not exist: run `modprobe analyze` first")
-        print(f"report: {write_report(json.loads(results_path.read_text()), args.run / 'report.html')}")
+        print(f"report: {write_report(read_results(results_path), args.run / 'report.html')}")
         return 0
     if args.command == "demo":
         from .demo import run_demo
 
         print(run_demo(args.out, seeds=tuple(args.seeds)).summary())
         return 0
-    model, config = _load(args), _config(args)
+    config = _config(args)  # settings first: a bad --seed is reported before any loading
     task = _task(args.task, args.seed, args.quick)
+    model = _load(args)
     if args.command == "analyze":
         from .analysis import analyze
 

@@ -134,9 +134,14 @@ def compare(model: Any, task: Any, seeds: Sequence[int] = (0, 1, 2),
     per seed). Each run is saved under ``out/pretrained-seed{s}`` and ``out/random-seed{s}``
     and resumes there; the comparison is written to ``out/results.json`` and ``out/report.html``.
     """
-    if not seeds:
-        raise ValueError("seeds is empty: pass at least one seed, e.g. seeds=(0, 1, 2)")
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__len__") or not seeds:
+        raise ValueError(f"seeds must be a non-empty sequence of integers >= 0, e.g. (0, 1, 2); "
+                         f"got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {list(seeds)} repeat a seed: each seed is one run")
     config = config or AnalysisConfig()
+    for seed in seeds:  # every per-seed configuration is checked before the first run
+        dataclasses.replace(config, seed=seed)
     hm = load_model(model)
     root = Path(out) if out is not None else None
     pretrained, random = [], []

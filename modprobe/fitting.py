@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._validate import Bool, Int, Real, check
 from .models import HookedModel
 from .subroutine import Subroutine, evaluate, move_to
 
@@ -55,6 +56,11 @@ class FitConfig:
     seed: int = 0
     solved_at: float = 0.95  # the raw output already solves the task at this metric: no fitting
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check(self, {"epochs": Int(1), "lr": Real(0, low_open=True), "finetune": Bool(),
+                     "backbone_lr": Real(0, low_open=True), "batch_size": Int(1), "seed": Int(0),
+                     "solved_at": Real(), "progress": Bool()})
 
 
 @dataclass

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from . import _validate
+
 _ORIGINAL = "._original_component"
 
 
@@ -259,6 +261,8 @@ def load_hf_directory(path: str | os.PathLike, *, device: str | torch.device | N
 
     Loading is seeded, so heads that the checkpoint lacks are initialised identically each time.
     """
+    _validate.hf_directory(path)  # a corrupt directory: its real problem, before any fallback
+    _validate.device(device)
     path = str(path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 
+from ._validate import Int
+
 Batch = tuple[Any, torch.Tensor]
 
 
@@ -24,7 +26,7 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def r2(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Coefficient of determination, pooled over all output dimensions."""
-    pred, targets = pred.reshape(targets.shape).float(), targets.float()
+    pred, targets = _as_targets(pred, targets).float(), targets.float()
     ss_res = ((targets - pred) ** 2).sum()
     ss_tot = ((targets - targets.mean(0, keepdim=True)) ** 2).sum().clamp_min(1e-12)
     return 1.0 - ss_res / ss_tot
@@ -36,7 +38,18 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def mse(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(pred.reshape(targets.shape).float(), targets.float())
+    return F.mse_loss(_as_targets(pred, targets).float(), targets.float())
+
+
+def _as_targets(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Predictions reshaped to the float targets' shape, or a ValueError when they cannot be."""
+    if pred.numel() != targets.numel():
+        raise ValueError(
+            f"the readout gives {tuple(pred.shape)} predictions for float targets of shape "
+            f"{tuple(targets.shape)}: float targets mean regression, one prediction per target. "
+            "For class labels pass integer (long) targets; otherwise pass a readout= that yields "
+            "one value per target")
+    return pred.reshape(targets.shape)
 
 
 def _flatten(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,8 +82,10 @@ class Subroutine:
     def __post_init__(self) -> None:
         if isinstance(self.data, Iterator):  # one-shot generators would be empty on epoch 2
             self.data = list(self.data)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not Int(1).ok(self.batch_size):
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if _is_tensor_pair(self.data):
+            _check_pair(*self.data)
         first = next(iter(self.batches()), None)
         if first is None:
             raise ValueError("Subroutine data is empty: pass (inputs, targets) tensors with at least "
@@ -187,14 +202,19 @@ def evaluate(model: Any, sub: Subroutine, params: Mapping[str, torch.Tensor] | N
         logits.append(sub.read(out).float())
         targets.append(batch_targets.to(model.device))
     logits, targets = torch.cat(logits), torch.cat(targets)
-    if sub.loss is None and not targets.is_floating_point():
+    _check_classes(sub, logits, targets)
+    return sub.score(logits, targets)
+
+
+def _check_classes(sub: Subroutine, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    """Integer targets scored by the default loss must name one of the readout's classes."""
+    if sub.loss is None and not targets.is_floating_point() and logits.dim() > 0:
         n_classes, scored = logits.shape[-1], targets[targets != -100]  # -100: ignored positions
         low, high = (int(scored.min()), int(scored.max())) if scored.numel() else (0, 0)
         if low < 0 or high >= n_classes:
             raise ValueError(f"targets run from {low} to {high} but the readout gives {n_classes} "
                              f"classes (targets must lie in 0..{n_classes - 1}): fix the labels or "
                              "pass a readout= that yields one logit per class")
-    return sub.score(logits, targets)
 
 
 def as_subroutine(data: Any) -> Subroutine:
@@ -223,6 +243,66 @@ def move_to(inputs: Any, device: torch.device | str) -> Any:
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(move_to(v, device) for v in inputs)
     return inputs
+
+
+def check_output(model: Any, sub: Subroutine, name: str) -> None:
+    """Run one batch of ``sub`` through ``model`` and score it, so that inputs the model cannot
+    take, or targets its output cannot be scored against, fail now, naming the subroutine,
+    rather than mid-training."""
+    inputs, targets = next(iter(sub.batches()))
+    out = check_runs(model, inputs, f"subroutine {name!r}")
+    with torch.no_grad():
+        try:
+            logits = sub.read(out)
+            targets = targets.to(logits.device)
+            _check_classes(sub, logits, targets)
+            sub.compute_loss(logits, targets)
+            sub.score(logits, targets)
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:
+            raise ValueError(f"subroutine {name!r}: its targets {tuple(targets.shape)} "
+                             f"({targets.dtype}) cannot be scored against the model's output: "
+                             f"{err}") from err
+
+
+def check_runs(model: Any, inputs: Any, what: str) -> Any:
+    """The model's output on ``inputs`` (one batch), or a ValueError naming ``what`` and the
+    inputs' shapes when the model cannot take them."""
+    with torch.no_grad(), model.evaluating():
+        try:
+            return model(move_to(inputs, model.device))
+        except torch.OutOfMemoryError:
+            raise
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:
+            raise ValueError(f"{what}: the model cannot run on its inputs ({_describe(inputs)}): "
+                             f"{err}") from err
+
+
+def _describe(inputs: Any) -> str:
+    if isinstance(inputs, torch.Tensor):
+        return f"a batch of shape {tuple(inputs.shape)}"
+    if isinstance(inputs, Mapping):
+        return ", ".join(f"{k}: {tuple(v.shape)}" for k, v in inputs.items()
+                         if isinstance(v, torch.Tensor))
+    return type(inputs).__name__
+
+
+def _check_pair(inputs: Any, targets: torch.Tensor) -> None:
+    """Tensor data: one target per example, every input tensor as long, finite float targets."""
+    if targets.dim() == 0:
+        raise ValueError("Subroutine targets are a 0-d tensor: pass one target per example, "
+                         "shape (N,) or (N, ...)")
+    n = len(targets)
+    tensors = (list(inputs.values()) if isinstance(inputs, Mapping) else
+               list(inputs) if isinstance(inputs, (tuple, list)) else [inputs])
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and (t.dim() == 0 or len(t) != n):
+            shape = tuple(t.shape)
+            raise ValueError(f"Subroutine inputs of shape {shape} and targets of shape "
+                             f"{tuple(targets.shape)} disagree on the number of examples "
+                             f"({shape[0] if shape else 'none'} vs {n}): pass one target per input")
+    if targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+        raise ValueError("Subroutine targets contain NaN or infinite values: drop or fix those "
+                         "examples")
 
 
 def _is_tensor_pair(data: Any) -> bool:

@@ -10,11 +10,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import reinitialize, wrap
-from ..subroutine import Subroutine, as_subroutine, move_to
+from ..subroutine import Subroutine, as_subroutine, check_output, move_to
 from ._evaluate import _Evaluator, _MeanAblation
 from ._masks import _no_complement, _controls, _generator, _overlap, _separation, _Spec, _specs
 from ._report import AblationReport
 from .._stats import adjust_pvalues
+from .._validate import Bool, Int, OneOf, Real, Text, check
 from ._stats import _bootstrap_ci, _effect, _empirical_p, _interval
 from ._verdict import VerdictRules, judge
 
@@ -38,17 +39,11 @@ class AblationConfig:
     mask_chunk: int = 8
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
-        if self.n_random < 1:
-            raise ValueError(f"n_random must be >= 1 (random controls give the p-values), "
-                             f"got {self.n_random}")
-        if self.n_boot < 0:
-            raise ValueError(f"n_boot must be >= 0 (0 skips the bootstrap CIs), got {self.n_boot}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
-        if self.mask_chunk < 1 or (self.batch_size is not None and self.batch_size < 1):
-            raise ValueError("mask_chunk and batch_size must be >= 1")
+        check(self, {"n_random": Int(1), "seed": Int(0), "strategy": OneOf(STRATEGIES),
+                     "complement": Bool(), "n_boot": Int(0), "alpha": Real(0, 1, True, True),
+                     "label": Text(), "batch_size": Int(1, none=True),
+                     "vectorize": Bool(none=True), "mask_chunk": Int(1)},
+              {"n_random": "random controls give the p-values", "n_boot": "0 skips the CIs"})
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -84,6 +79,8 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
                          batch_size, vectorize, mask_chunk)
     hm = wrap(model)
     tasks = _tasks(eval_data)
+    for name, sub in tasks.items():
+        check_output(hm, sub, name)
     specs = _specs(hm, subnetworks)
     params = list(dict.fromkeys(p for s in specs.values() for p in s.masks))
     means = _MeanAblation(hm, params) if strategy == "mean" else None

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..models import HookedModel, wrap
+from ..subroutine import check_runs, index_inputs
 from .activations import (INPUT, POOLINGS, check_hooks, collect, default_hooks, input_rows,
                           n_examples)
 from .crossval import baseline_predictions, cross_validate
@@ -25,6 +26,7 @@ from .folds import Splits, control_labels, nested_splits
 from .linear import ENGINES, fit_predict
 from .report import ProbeReport
 from .._stats import CORRECTIONS, adjust_pvalues
+from .._validate import Bool, Device, Int, OneOf, Real, as_tuple, check
 from .stats import bootstrap_ci, permutation_pvalue, score
 
 
@@ -61,24 +63,16 @@ class ProbeConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}"),
-            (self.engine in ENGINES, f"engine must be one of {ENGINES}"),
-            (self.correction in (*CORRECTIONS, None), f"correction must be one of {CORRECTIONS} "
-                                                      "or None"),
-            (self.cv >= 2 and self.inner_cv >= 2, "cv and inner_cv must be >= 2"),
-            (len(self.c_grid) > 0 and min(self.c_grid) > 0, "c_grid needs positive values"),
-            (len(self.alpha_grid) > 0 and min(self.alpha_grid) > 0,
-             "alpha_grid needs positive values"),
-            (self.n_permutations >= 0 and self.n_bootstrap >= 0,
-             "n_permutations and n_bootstrap must be >= 0"),
-            (0 < self.ci < 1, "ci is a coverage level in (0, 1), e.g. 0.95"),
-            (min(self.max_input_dim, self.batch_size, self.max_iter) >= 1 and self.tol > 0,
-             "max_input_dim, batch_size and max_iter must be >= 1 and tol > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{message}; got {self}")
+        as_tuple(self, "c_grid", "alpha_grid", scalars=True)
+        check(self, {"pooling": OneOf(POOLINGS), "cv": Int(2), "inner_cv": Int(2),
+                     "control": Bool(), "seed": Int(0), "engine": OneOf(ENGINES),
+                     "c_grid": Real(0, low_open=True, grid=True),
+                     "alpha_grid": Real(0, low_open=True, grid=True),
+                     "n_permutations": Int(0), "n_bootstrap": Int(0), "ci": Real(0, 1, True, True),
+                     "correction": OneOf(CORRECTIONS, none=True), "input_baseline": Bool(),
+                     "max_input_dim": Int(1), "batch_size": Int(1), "max_iter": Int(1),
+                     "tol": Real(0, low_open=True), "device": Device()},
+              {"cv": "cross-validation needs at least 2 folds", "ci": "e.g. 0.95"})
 
 
 @dataclass
@@ -227,6 +221,8 @@ def _data(hm: HookedModel, inputs: Any, labels: Any, groups: Any) -> _Data:
                         f"{type(labels).__name__}")
     inputs = _tokenized(hm, inputs)
     n = n_examples(inputs)
+    if n:
+        check_runs(hm, index_inputs(inputs, torch.arange(min(n, 2))), "probe inputs")
     return _Data(inputs, labels, None if groups is None else _ids(groups, n, "groups"), n)
 
 

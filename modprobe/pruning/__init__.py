@@ -4,8 +4,8 @@
 :class:`Subnetwork` per subroutine. Methods: continuous sparsification (default), hard-concrete
 L0 gates, and magnitude pruning as a no-training baseline.
 """
-from .config import MaskConfig
+from .config import NECESSITY, MaskConfig
 from .subnetwork import Subnetwork
 from .train import train_subnetwork, train_subnetworks
 
-__all__ = ["MaskConfig", "Subnetwork", "train_subnetwork", "train_subnetworks"]
+__all__ = ["NECESSITY", "MaskConfig", "Subnetwork", "train_subnetwork", "train_subnetworks"]

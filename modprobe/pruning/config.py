@@ -5,6 +5,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .._validate import Bool, Device, Int, OneOf, Real, Strings, as_tuple, check
+
 METHODS = ("continuous", "hard_concrete", "magnitude")
 NECESSITY = ("peel", "none")
 # β_max · (init + margin) at least this: the rescale 1/sigmoid(β·c) is below 1.001 by the end.
@@ -14,6 +16,14 @@ _DEFAULT_LR = {"continuous": 0.01, "hard_concrete": 0.05}
 # Hard-concrete gates start mostly open (log α = 2: P(gate > 0) = 0.97); on the planted MLP of
 # the tests log α = 0 kept 14% at accuracy 0.91 within 20 epochs, log α = 2 kept 12% at 0.97.
 _DEFAULT_INIT = {"continuous": 0.0, "hard_concrete": 2.0}
+_CONSTRAINTS = {
+    "params": Strings(none=True), "l0_lambda": Real(0, grid=True), "init": Real(grid=True),
+    "margin": Real(), "beta_max": Real(1), "epochs": Int(1), "lr": Real(0, low_open=True),
+    "patience": Int(0), "stop_beta": Real(1), "density": Real(0, 1, low_open=True, grid=True),
+    "tolerance": Real(0), "dropout": Bool(), "seed": Int(0), "device": Device(),
+    "max_rounds": Int(1), "break_fraction": Real(0, 1, high_open=True),
+    "peel_decay": Real(0, 1, low_open=True),
+}
 
 
 @dataclass(frozen=True)
@@ -84,44 +94,17 @@ class MaskConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
+        as_tuple(self, "params", "l0_lambda", "init", "density")
+        check(self, {"method": OneOf(METHODS), "granularity": OneOf(GRANULARITIES),
+                     "necessity": OneOf(NECESSITY)})
         if self.lr is None:
             object.__setattr__(self, "lr", _DEFAULT_LR.get(self.method, 0.01))
         if self.init is None:
             object.__setattr__(self, "init", _DEFAULT_INIT.get(self.method, 0.0))
-        for name in ("params", "l0_lambda", "init", "density"):
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple)):
-                object.__setattr__(self, name, tuple(value))
-        if isinstance(self.params, str):
-            object.__setattr__(self, "params", (self.params,))
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.necessity not in NECESSITY:
-            raise ValueError(f"necessity must be one of {NECESSITY}, got {self.necessity!r}")
-        if not isinstance(self.max_rounds, int) or self.max_rounds < 1:
-            raise ValueError(f"max_rounds must be an integer >= 1, got {self.max_rounds!r}")
-        if not 0 <= self.break_fraction < 1:
-            raise ValueError(f"break_fraction must lie in [0, 1) (0: the remainder must fall to "
-                             f"chance), got {self.break_fraction!r}")
-        if not 0 < self.peel_decay <= 1:
-            raise ValueError(f"peel_decay must lie in (0, 1] (1: every round uses the chosen "
-                             f"l0_lambda), got {self.peel_decay!r}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        for name in ("l0_lambda", "init", "density"):
-            if not self.grid(name):
-                raise ValueError(f"{name} grid is empty; give a number or a non-empty tuple")
-        if any(lam < 0 for lam in self.grid("l0_lambda")):
-            raise ValueError(f"l0_lambda must be >= 0, got {self.l0_lambda}")
+        check(self, _CONSTRAINTS, {"l0_lambda": "e.g. 100 or the grid (1, 10, 100, 1000)",
+                                   "epochs": "a whole number of epochs, e.g. 20"})
         if self.method == "continuous":
             self._check_rescale()
-        if any(not 0 < d <= 1 for d in self.grid("density")):
-            raise ValueError(f"density must be in (0, 1], got {self.density}")
-        if self.epochs < 1 or self.patience < 0:
-            raise ValueError(f"need epochs >= 1 and patience >= 0, got {self.epochs}, {self.patience}")
-        if self.beta_max < 1 or self.lr <= 0 or self.tolerance < 0:
-            raise ValueError(f"need beta_max >= 1, lr > 0 and tolerance >= 0, got "
-                             f"{self.beta_max}, {self.lr}, {self.tolerance}")
 
     def _check_rescale(self) -> None:
         if any(s0 < 0 for s0 in self.grid("init")) or self.margin < 0:

@@ -8,11 +8,13 @@ from pathlib import Path
 import torch
 
 from .._io import atomic_write, write_json
+from .._validate import device_problem, read_json, read_tensors
 from .config import MaskConfig
 
 _FORMAT = 2
 _READABLE = (1, 2)  # format 1: no necessity fields
 _TENSORS, _META = "masks.safetensors", "subnetwork.json"
+_REQUIRED = ("name", "config", "metrics", "history", "notes", "selection", "order", "has_units")
 
 
 @dataclass
@@ -81,7 +83,8 @@ class Subnetwork:
                             for n, t in (group or {}).items()})
         atomic_write(directory / _TENSORS, lambda tmp: save_file(tensors, tmp))
         write_json(directory / _META, {
-            "format": _FORMAT, "name": self.name, "config": self.config.to_dict(),
+            "schema_version": _FORMAT, "kind": "subnetwork", "name": self.name,
+            "config": self.config.to_dict(),
             "metrics": self.metrics, "history": self.history, "notes": self.notes,
             "selection": self.selection, "order": list(self.masks),
             "has_units": self.units is not None, "has_necessary": self.necessary is not None,
@@ -91,29 +94,52 @@ class Subnetwork:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Subnetwork":
-        """Read a subnetwork written by :meth:`save`."""
-        from safetensors.torch import load_file
-
+        """Read a subnetwork written by :meth:`save`; a file that is truncated, lacks keys or holds
+        non-boolean masks is refused with its path."""
         directory = Path(directory)
         if not (directory / _META).exists() or not (directory / _TENSORS).exists():
             raise FileNotFoundError(f"{directory} holds no saved Subnetwork (expected {_META} and "
                                     f"{_TENSORS}, written by Subnetwork.save)")
-        meta = json.loads((directory / _META).read_text(encoding="utf-8"))
-        if meta.get("format") not in _READABLE:
-            raise ValueError(f"{directory / _META} has format {meta.get('format')}; this modprobe "
-                             f"reads formats {_READABLE}: upgrade modprobe to read newer files")
-        tensors = load_file(str(directory / _TENSORS))
+        path = directory / _META
+        meta = read_json(path, kind=("subnetwork", None), versioned=False, required=_REQUIRED)
+        version = meta.get("schema_version", meta.get("format"))
+        if version not in _READABLE:
+            raise ValueError(f"{path} has schema_version {version!r}, but this modprobe reads "
+                             f"versions {_READABLE}: upgrade modprobe to read newer files")
+        tensors = read_tensors(directory / _TENSORS)
         order = meta["order"]
+        if not isinstance(order, list):
+            raise ValueError(f"{path}: 'order' must list the masked parameter names")
+        groups = [("mask", True), ("unit", meta["has_units"]),
+                  ("necessary", meta.get("has_necessary")),
+                  ("necessary_unit", meta.get("has_necessary_units"))]
+        keys = [f"{kind}/{n}" for kind, present in groups if present for n in order]
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise ValueError(f"{directory / _TENSORS} lacks the tensors {missing[:5]} that {path} "
+                             "lists; the two files come from different saves: save again")
+        not_bool = [k for k in keys if tensors[k].dtype != torch.bool]
+        if not_bool:
+            raise ValueError(f"{directory / _TENSORS} holds non-boolean masks {not_bool[:5]} "
+                             f"(dtype {tensors[not_bool[0]].dtype}); masks are bool tensors, "
+                             "True = kept: convert with mask > 0.5 and save again")
+        try:
+            saved = dict(meta["config"])
+            if version == 1:  # written before necessity searches existed
+                saved.setdefault("necessity", "none")
+            if device_problem(saved.get("device")):  # trained on a device this machine lacks
+                saved["device"] = None
+            config = MaskConfig.from_dict(saved)
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{path} holds an invalid mask config: {err}") from None
 
-        def group(prefix: str, flag: str) -> dict[str, torch.Tensor] | None:
-            return {n: tensors[f"{prefix}/{n}"] for n in order} if meta.get(flag) else None
+        def group(prefix: str, present: bool) -> dict[str, torch.Tensor] | None:
+            return {n: tensors[f"{prefix}/{n}"] for n in order} if present else None
 
-        return cls(name=meta["name"], masks=group("mask", "format"),
-                   config=MaskConfig.from_dict({"necessity": "none", **meta["config"]}
-                                               if meta["format"] == 1 else meta["config"]),
-                   metrics=meta["metrics"],
-                   history=meta["history"], units=group("unit", "has_units"),
-                   notes=meta["notes"], selection=meta["selection"],
-                   necessary=group("necessary", "has_necessary"),
-                   necessary_units=group("necessary_unit", "has_necessary_units"),
+        return cls(name=meta["name"], masks=group("mask", True), config=config,
+                   metrics=meta["metrics"], history=meta["history"],
+                   units=group("unit", meta["has_units"]), notes=meta["notes"],
+                   selection=meta["selection"],
+                   necessary=group("necessary", meta.get("has_necessary")),
+                   necessary_units=group("necessary_unit", meta.get("has_necessary_units")),
                    necessity=meta.get("necessity", {}))

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import HookedModel, wrap
-from ..subroutine import Subroutine, as_subroutine, evaluate, move_to
+from ..subroutine import Subroutine, as_subroutine, check_output, evaluate, move_to
 from .config import MaskConfig
 from .masks import (MaskSet, expand_units, layout, magnitude_units, per_slot, scaled_weights,
                     select_params, split_units)
@@ -59,6 +59,8 @@ def train_subnetworks(model: Any, subroutines: Mapping[str, Any], config: MaskCo
     unknown = sorted(set(vals) - set(subs))
     if unknown:
         raise ValueError(f"validation names {unknown} are not among the subroutines {sorted(subs)}")
+    for name, sub in [*subs.items(), *vals.items()]:
+        check_output(hm, sub, name)
     notes: dict[str, list[str]] = {name: [] for name in subs}
     if len(_grid(config)) > 1:  # grid points are chosen on held-out data: set some aside
         for name in [n for n in subs if n not in vals]:
