@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import modprobe as mp
-from modprobe import cli
+from modprobe import _validate, cli
 from modprobe.fitting import FitConfig
 from modprobe.probes import ProbeConfig
 from modprobe.pruning import MaskConfig, Subnetwork
@@ -293,16 +293,20 @@ def _results(tmp_path, text):
     return ["report", str(tmp_path)]
 
 
+_V = _validate.SCHEMA_VERSION
+
+
 @pytest.mark.parametrize("text, match", [
-    (json.dumps({"schema_version": 2, "kind": "analysis"}),
-     r"schema_version 2, but this modprobe reads version 1; it was written by a newer modprobe"),
-    (json.dumps({"schema_version": 1, "kind": "nonsense"}),
+    (json.dumps({"schema_version": _V + 1, "kind": "analysis"}),
+     rf"schema_version {_V + 1}, but this modprobe reads version {_V}; it was written by a newer "
+     "modprobe"),
+    (json.dumps({"schema_version": _V, "kind": "nonsense"}),
      r"kind 'nonsense', expected 'analysis' or 'comparison'"),
     ("", r"results.json is empty"),
-    ('{"schema_version": 1, "kind": "anal', r"results.json is not valid JSON"),
-    (json.dumps({"schema_version": 1, "kind": "analysis", "label": "x"}),
+    ('{"schema_version": _V, "kind": "anal', r"results.json is not valid JSON"),
+    (json.dumps({"schema_version": _V, "kind": "analysis", "label": "x"}),
      r"lacks the key\(s\) \['config', 'model', 'task'"),
-    (json.dumps({"schema_version": 1, "kind": "comparison", "config": {}, "seeds": [0],
+    (json.dumps({"schema_version": _V, "kind": "comparison", "config": {}, "seeds": [0],
                  "metrics": [], "verdict": "", "pretrained": [{"kind": "analysis"}], "random": []}),
      r"pretrained\[0\] lacks the key"),
 ])

@@ -70,7 +70,7 @@ def test_necessary_sets_survive_save_and_load(branches, tmp_path):
 
 
 def test_necessity_settings_are_checked():
-    with pytest.raises(ValueError, match="necessity must be one of"):
+    with pytest.raises(ValueError, match="unknown necessity"):
         MaskConfig(necessity="all")
     with pytest.raises(ValueError, match="max_rounds"):
         MaskConfig(max_rounds=0)
