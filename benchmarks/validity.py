@@ -8,6 +8,7 @@ module, and the ablation effect with its conservative lower end.
     .venv/bin/python benchmarks/validity.py                      # 9 families x (32, 256) x 5 seeds
     .venv/bin/python benchmarks/validity.py --families branches rotated --seeds 0 1 --widths 32
     .venv/bin/python benchmarks/validity.py --jobs 2 --out runs/validity.json
+    .venv/bin/python benchmarks/validity.py --necessity none     # sufficiency only, for contrast
 
 Target (issue 12): the right verdict in >= 90% of cells and no false "isolated" on the
 bottleneck, rotated, entangled and random-init families.
@@ -23,12 +24,14 @@ from pathlib import Path
 
 import torch
 
-from modprobe import validate
+from modprobe import pruning, validate
 
 
-def _cell(args: tuple[str, int, int]) -> list[dict]:
+def _cell(args: tuple[str, int, int, str]) -> list[dict]:
     torch.set_num_threads(1)
-    return validate.run_cell(*args)
+    family, width, seed, necessity = args
+    return validate.run_cell(family, width, seed,
+                             mask_config=pruning.MaskConfig(necessity=necessity))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", nargs="+", type=int, default=[32, 256])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
+    parser.add_argument("--necessity", choices=pruning.NECESSITY, default="peel",
+                        help="none: ablate the sufficient subnetwork only (the method before "
+                        "necessity searches), to see what peeling changes")
     parser.add_argument("--out", type=Path, default=None, help="also write every row as JSON")
     args = parser.parse_args(argv)
-    cells = [(f, w, s) for f in args.families for w in args.widths for s in args.seeds]
+    cells = [(f, w, s, args.necessity) for f in args.families for w in args.widths
+             for s in args.seeds]
     start = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = [row for rows in pool.map(_cell, cells) for row in rows]
