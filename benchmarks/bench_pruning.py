@@ -15,7 +15,12 @@ load of a shared machine hit both sides alike):
     higher) -- modprobe's time is its mask-training loop (default schedule, early stopping on),
     like NeuroSurgeon's, whose per-epoch evaluation is not counted; the whole call, which also
     evaluates the full and the masked model, is printed too;
-(c) peak memory (RSS growth during mask training, in a fresh process per side).
+(c) peak memory (RSS growth during mask training, in a fresh process per side);
+(d) what the necessity search costs: the default ``necessity="peel"`` (the sufficient search,
+    then more searches on what is left until the subroutine breaks) against the sufficient
+    search alone (``necessity="none"``), wall time of the whole call on the same MiniLM task.
+Parts (b) compare like with like: NeuroSurgeon only searches a sufficient subnetwork, so
+modprobe runs with ``necessity="none"`` there.
 
 NeuroSurgeon is a benchmark-only dependency: install it in a separate environment (recipe for a
 ``make bench-env`` target)::
@@ -30,6 +35,7 @@ Without it, part (a) and modprobe's side of (c) still run. ``--quick`` shrinks e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import random
 import statistics
@@ -322,6 +328,24 @@ def part_b_converge(setup: MiniLMSetup, config: MaskConfig, ns_epochs: int) -> N
           f"{density:.3%}, keep-only val acc {acc:.3f}")
 
 
+# --------------------------------------------------------------------- (d) necessity
+def part_d(setup: MiniLMSetup, config: MaskConfig) -> None:
+    """The default necessity search against the sufficient search alone, one call each."""
+    print("(d) necessity search: whole train_subnetwork call, MiniLM, all 36 encoder matrices")
+    times = {}
+    for necessity in ("none", "peel"):
+        start = time.perf_counter()
+        found = train_subnetwork(setup.hm, setup.train, dataclasses.replace(
+            config, necessity=necessity), validation=setup.val, progress=False)
+        times[necessity] = time.perf_counter() - start
+        rounds = found.necessity.get("rounds") or []
+        print(f"  necessity={necessity!r}: {times[necessity]:.0f} s, S1 density "
+              f"{found.density:.3%}, keep-only val acc {found.metrics['val_accuracy']:.3f}"
+              + (f", {len(rounds)} peeled rounds, necessary set {found.necessary_density:.3%}, "
+                 f"subroutine broken: {found.necessity['broken']}" if rounds else ""))
+    print(f"  the default (peel) costs {times['peel'] / times['none']:.1f}x the sufficient search")
+
+
 # --------------------------------------------------------------------- (c) memory
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -364,15 +388,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and epochs")
     parser.add_argument("--reps", type=int, default=None, help="timing repetitions (default 11)")
-    parser.add_argument("--parts", default="a,b,c,converge",
-                        help="comma-separated subset of a, b, c, converge (default: all)")
+    parser.add_argument("--parts", default="a,b,c,converge,d",
+                        help="comma-separated subset of a, b, c, converge, d (default: all)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     reps = args.reps or (5 if args.quick else 11)
     setup = MiniLMSetup(n_train=64 if args.quick else 128, n_val=128)
     if "a" in parts:
         part_a(setup, reps)
-    config = MaskConfig(params=ENCODER, l0_lambda=300.0, **({"epochs": 10} if args.quick else {}))
+    config = MaskConfig(params=ENCODER, l0_lambda=300.0, necessity="none",
+                        **({"epochs": 10} if args.quick else {}))
     have_ns = neurosurgeon_available()
     if have_ns and "b" in parts:
         part_b_step(setup, config, reps)
@@ -384,6 +409,8 @@ def main() -> None:
     if have_ns and "converge" in parts:
         print("(b, continued) wall time to a converged subnetwork of equal quality")
         part_b_converge(setup, config, ns_epochs=10 if args.quick else NS_EPOCHS)
+    if "d" in parts:
+        part_d(setup, config)
 
 
 if __name__ == "__main__":
