@@ -7,15 +7,17 @@ against size-matched random controls, (4) constituent probes, (5) ``results.json
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import platform
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -124,6 +126,11 @@ class Analysis:
     def summary(self) -> str:
         """The verdict, its evidence as a terminal table, and where the report is."""
         lines = [self.verdict, "", format_table(self.results["verdict"]["evidence"])]
+        timings = self.results.get("timings") or {}
+        if timings:
+            lines += ["", "stage times: " + ", ".join(
+                f"{stage} {t['wall_s']:.1f} s wall / {t['cpu_s']:.1f} s CPU"
+                + (" (resumed)" if t.get("resumed") else "") for stage, t in timings.items())]
         if self.out is not None:
             lines += ["", f"report: {self.out / 'report.html'}"]
         return "\n".join(lines)
@@ -150,7 +157,9 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
              if out is not None else None)
 
-    fitted, readout, fit_result = _fit_stage(hm, task, config, store)
+    timings: dict[str, dict[str, Any]] = {}
+    with _timed(timings, "fit"):
+        fitted, readout, fit_result = _fit_stage(hm, task, config, store)
 
     def with_head(sub: Subroutine) -> Subroutine:
         """The fitted head reads every subroutine, unless the task gave it its own readout."""
@@ -166,13 +175,14 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     subnetworks = _cached(store, "masks", lambda: pruning.train_subnetworks(
         fitted, train, mask_config, validation=validation, progress=config.progress),
         save=lambda subs, d: [s.save(d / _validate.path_name(n)) for n, s in subs.items()],
-        load=lambda d: _load_masks(store, list(task.subroutines)))
+        load=lambda d: _load_masks(store, list(task.subroutines)),
+        timings=timings)
 
     twin = _cached(store, "twin.json", lambda: _twin_check(
         fitted, train, validation, subnetworks, config),
         save=lambda found, p: _write_stage(p, "twin", {"subnetworks": found}),
-        load=lambda p: _read_stage(p, "twin", lambda d: d["subnetworks"])
-        ) if config.twin_check else {}
+        load=lambda p: _read_stage(p, "twin", lambda d: d["subnetworks"]),
+        timings=timings) if config.twin_check else {}
 
     tests = {name: with_head(split.test) for name, split in task.subroutines.items()}
     ablation_report = _cached(store, "ablation.json", lambda: ablation.run(
@@ -180,19 +190,22 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
         strategy=config.strategy, complement=config.complement, label=label,
         progress=config.progress),
         save=lambda rep, p: _write_stage(p, "ablation", rep.to_dict()),
-        load=lambda p: _read_stage(p, "ablation", ablation.AblationReport.from_dict))
+        load=lambda p: _read_stage(p, "ablation", ablation.AblationReport.from_dict),
+        timings=timings)
 
     probe_report = _cached(store, "probes.json", lambda: probes.decodability(
         fitted, task.constituents, hooks=config.probe_hooks, cv=config.probe_cv,
         seed=config.seed, heldout=task.heldout_constituents, condition=label,
         progress=config.progress),
         save=lambda rep, p: _write_stage(p, "probes", rep.to_dict()),
-        load=lambda p: _read_stage(p, "probes", probes.ProbeReport.from_dict))
+        load=lambda p: _read_stage(p, "probes", probes.ProbeReport.from_dict),
+        timings=timings)
 
     _add_twin_evidence(ablation_report.isolation, twin, subnetworks)
     results = _results(hm, task, config, label, fit_result, subnetworks, ablation_report,
                        probe_report)
     results["twin_check"] = twin
+    results["timings"] = timings
     analysis = Analysis(results, subnetworks, Path(out) if out is not None else None)
     if store is not None:
         _io.write_json(store.root / "results.json", results)
@@ -275,14 +288,27 @@ def _add_twin_evidence(isolation: list[dict[str, Any]], twin: dict[str, Any],
 
 
 def _cached(store: "_Store | None", name: str, compute: Callable[[], Any],
-            save: Callable[[Any, Path], Any], load: Callable[[Path], Any]) -> Any:
-    """Load stage ``name`` when a previous run finished it, else compute and save it."""
+            save: Callable[[Any, Path], Any], load: Callable[[Path], Any],
+            timings: dict[str, dict[str, Any]]) -> Any:
+    """Load stage ``name`` when a previous run finished it, else compute, time and save it."""
+    stage = name.removesuffix(".json")
     if store is not None and store.done(name):
+        timings[stage] = {"wall_s": 0.0, "cpu_s": 0.0, "resumed": True}
         return load(store.path(name))
-    value = compute()
+    with _timed(timings, stage):
+        value = compute()
     if store is not None:
         store.finish(name, value, save)
     return value
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, dict[str, Any]], stage: str) -> Iterator[None]:
+    """Record the stage's wall and CPU seconds (this process, every thread) in ``timings``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    timings[stage] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+                      "resumed": False}
 
 
 def _check_inputs(hm: HookedModel, task: Any, config: AnalysisConfig, label: str) -> None:

@@ -32,14 +32,15 @@ def analysis(planted, tmp_path_factory):
 
 
 def check_schema(results):
-    """The documented results.json schema, version 1 (README: 'results.json')."""
+    """The documented results.json schema, version 2 (README: 'results.json')."""
     assert results["schema_version"] == 2 and results["kind"] == "analysis"
     for key, kind in {"label": str, "created": str, "versions": dict, "config": dict, "model": dict,
                       "task": dict, "fit": dict, "subnetworks": dict, "ablation": dict,
                       "probes": dict, "scalars": dict, "verdict": dict}.items():
         assert isinstance(results[key], kind), key
     assert set(results["scalars"]) == {"task_metric", "density", "isolation", "decodability"}
-    assert {"text", "isolated", "evidence"} <= set(results["verdict"])
+    assert {"text", "isolated", "verdicts", "evidence"} <= set(results["verdict"])
+    assert set(results["timings"]) == {"fit", "masks", "twin", "ablation", "probes"}
     for sub in results["subnetworks"].values():
         assert 0 <= sub["density"] <= 1 and all(0 <= d <= 1 for d in sub["densities"].values())
     for row in results["ablation"]["rows"]:
@@ -90,6 +91,10 @@ def test_an_interrupted_stage_leaves_no_partial_file_and_the_rerun_completes(pla
                         lambda *a, **k: pytest.fail("masks were already trained"))
     done = mp.analyze(planted[0], planted[1], out=tmp_path, config=CONFIG)
     assert (tmp_path / "results.json").exists() and done.results["verdict"]["isolated"]["A"]
+    timings = done.results["timings"]
+    assert timings["masks"] == {"wall_s": 0.0, "cpu_s": 0.0, "resumed": True}
+    assert not timings["ablation"]["resumed"] and timings["ablation"]["wall_s"] > 0
+    assert "stage times: fit" in done.summary()
 
 
 def test_resuming_with_another_configuration_is_refused(planted, analysis):
