@@ -43,7 +43,7 @@ _CONSTRAINTS = {
     "probe_cv": _validate.Int(2), "probe_hooks": _validate.Strings(none=True),
     "validation_fraction": _validate.Real(0, 1, high_open=True), "progress": _validate.Bool(),
     "necessity": _validate.OneOf(pruning.NECESSITY), "max_rounds": _validate.Int(1),
-    "twin_check": _validate.Bool(),
+    "twin_check": _validate.Bool(), "verdict_rules": _validate.Instance(ablation.VerdictRules),
 }
 
 
@@ -66,7 +66,8 @@ class AnalysisConfig:
     sufficient subnetwork only. ``twin_check``: run each subroutine's chosen mask search once
     more on ``reinitialize(model, seed)`` (the same head); when a mask on random weights also
     performs the subroutine, the verdict says that sufficiency cannot separate finding a
-    function from creating it (supermasks).
+    function from creating it (supermasks). ``verdict_rules``: the fixed thresholds of the
+    verdicts (``ablation.VerdictRules``).
     """
 
     seed: int = 0
@@ -77,6 +78,7 @@ class AnalysisConfig:
     necessity: str = "peel"
     max_rounds: int = 8
     twin_check: bool = True
+    verdict_rules: ablation.VerdictRules = ablation.VerdictRules()
     n_random: int = 100
     complement: bool = True
     strategy: str = "zero"
@@ -188,7 +190,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     ablation_report = _cached(store, "ablation.json", lambda: ablation.run(
         fitted, subnetworks, tests, n_random=config.n_random, seed=config.seed,
         strategy=config.strategy, complement=config.complement, label=label,
-        progress=config.progress),
+        rules=config.verdict_rules, progress=config.progress),
         save=lambda rep, p: _write_stage(p, "ablation", rep.to_dict()),
         load=lambda p: _read_stage(p, "ablation", ablation.AblationReport.from_dict),
         timings=timings)

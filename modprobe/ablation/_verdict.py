@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .._validate import Real, check
+
 VERDICTS = ("isolated", "shared", "redundant", "not isolated", "not found", "cannot tell",
             "cannot judge")
 
@@ -56,12 +58,8 @@ class VerdictRules:
     shared_overlap: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("competence", "faithful"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
-        for name in ("creation_margin", "max_other_drop", "shared_overlap"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        check(self, {"competence": Real(0, 1), "faithful": Real(0, 1), "creation_margin": Real(0),
+                     "max_other_drop": Real(0), "shared_overlap": Real(0)})
 
 
 def judge(name: str, target: str, value: Callable[[str, str], float],
