@@ -159,6 +159,10 @@ def make_cell(settings: Mapping[str, Any]) -> Cell:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     _check_model(model)
+    if init == "random_init" and "scratch" in model:
+        raise ValueError(f"init='random_init' with a scratch model repeats init='pretrained': the "
+                         f"scratch model is already randomly initialised from the seed; got {model}. "
+                         "Vary seed instead, or use a pretrained spec or factory")
     _check_task(task)
     _check_config(config)
     return Cell(model, task, config, init, seed)
