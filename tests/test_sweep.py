@@ -280,3 +280,34 @@ def test_ray_cluster_losing_a_worker_mid_sweep_gives_the_local_table(local, tmp_
     assert missing(out) == []
     assert frame(result["sweep"]).equals(frame(local))
     assert frame(result["sweep"], "probes").equals(frame(local, "probes"))
+
+
+# ----------------------------------------------------------------------------- the reproduction
+def test_scaling_reproduction_quick_tables_follow_from_the_sweep(tmp_path):
+    """examples/reproduce_scaling_compositionality.py --quick: its summary is computed from the
+    sweep's own tables (OOD R² of trained students, deep-layer strength-probe R² trained minus
+    untrained, paired by seed)."""
+    import subprocess
+
+    import pandas as pd
+
+    script = Path(__file__).parent.parent / "examples" / "reproduce_scaling_compositionality.py"
+    out = tmp_path / "scaling"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out),
+                          "--workers", "1"], capture_output=True, text=True, env=env,
+                         timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "OOD R²" in run.stdout and (out / "reproduction.html").exists()
+    summary = pd.read_csv(out / "reproduction.csv")
+    table, probes = pd.read_parquet(out / "table.parquet"), pd.read_parquet(out / "probes.parquet")
+    assert sorted(summary["model.width"]) == [8, 16]
+    deep = probes[probes["constituent"].str.startswith("strength_") & (probes["hook"] == "act2")]
+    deep = deep.groupby("cell")["accuracy"].mean()
+    for _, row in summary.iterrows():
+        cells = table[table["model.width"] == row["model.width"]]
+        trained = cells[cells["config.fit.finetune"]]
+        untrained = cells[~cells["config.fit.finetune"]]
+        assert row["ood_r2"] == pytest.approx(trained["fit.heldout"].mean())
+        gain = deep[trained["cell"]].mean() - deep[untrained["cell"]].mean()
+        assert row["deep_gain"] == pytest.approx(gain)
