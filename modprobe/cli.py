@@ -58,8 +58,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="more seeds give a confidence interval (each adds two analyses)")
     sweep = sub.add_parser("sweep", help="run a study of many analyses (grid over models, "
                            "tasks, seeds, settings), or `sweep report DIR`",
+                           usage="modprobe sweep STUDY.toml [options]\n       "
+                           "modprobe sweep report DIR",
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXAMPLES)
-    sweep.add_argument("target", nargs="+", metavar="STUDY.toml | report DIR")
+    sweep.add_argument("target", nargs="+", metavar="STUDY.toml",
+                       help="the study (TOML), or `report DIR` to rewrite a sweep's tables and "
+                       "report from its cells")
     sweep.add_argument("--out", type=Path, default=None, help="sweep directory (default "
                        "runs/<study name>); finished cells are skipped, unfinished ones resume")
     sweep.add_argument("--quick", action="store_true", help="the study's [quick] settings")
@@ -71,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     sweep.add_argument("--max-retries", type=int, default=3, help="retries of a cell whose "
                        "worker died")
+    sweep.add_argument("--gpus-per-cell", type=float, default=None, help="Ray: GPUs per cell "
+                       "(default: 1 when the cluster has GPUs, else 0)")
     sweep.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if present)")
     return parser
 
@@ -97,7 +103,8 @@ def _sweep(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / (study.name + ("_quick" if args.quick else ""))
         result = sweep(study, out, backend=args.backend, workers=args.workers,
                        address=args.address, threads=args.threads,
-                       max_retries=args.max_retries, device=args.device)
+                       max_retries=args.max_retries, gpus_per_cell=args.gpus_per_cell,
+                       device=args.device)
     except (ValueError, TypeError, FileNotFoundError, ImportError, SweepError) as err:
         raise SystemExit(str(err)) from err
     print(result.summary())
