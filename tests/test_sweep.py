@@ -35,6 +35,17 @@ def local(tmp_path_factory):
     return mp.sweep(STUDY, out, workers=1, progress=False)
 
 
+SCALING = Path(__file__).parent.parent / "examples" / "scaling.toml"
+
+
+@pytest.fixture(scope="module")
+def scaling_local(tmp_path_factory):
+    """`modprobe sweep examples/scaling.toml --quick` on the local backend (4 cells)."""
+    out = tmp_path_factory.mktemp("scaling") / "local"
+    assert cli.main(["sweep", str(SCALING), "--quick", "--out", str(out), "--workers", "1"]) == 0
+    return out
+
+
 def frame(result_or_dir, name="table"):
     from modprobe.sweeps import read_table
 
@@ -241,17 +252,14 @@ def _toml(study):
 
 # ----------------------------------------------------------------------------- Ray
 @pytest.mark.ray
-def test_ray_cluster_losing_a_worker_mid_sweep_gives_the_local_table(local, tmp_path,
-                                                                     monkeypatch):
-    """Two one-CPU worker nodes; once cells are running, one node is removed (its worker
-    processes die with it). Ray retries the lost cell elsewhere; it resumes from its saved
-    stages; the aggregated table equals the local backend's, and no cell is lost."""
+def test_ray_cluster_losing_a_worker_mid_sweep_gives_the_local_table(scaling_local, tmp_path):
+    """`modprobe sweep examples/scaling.toml --quick --backend ray` on two one-CPU worker
+    nodes; once cells are running, one node is removed (its worker processes die with it). Ray
+    retries the lost cell elsewhere, where it resumes from its saved stages; no cell is lost and
+    the aggregated tables equal the local backend's."""
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    # the Ray nodes start here and inherit the path to the test's model factory
-    paths = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     out = tmp_path / "ray"
@@ -259,8 +267,8 @@ def test_ray_cluster_losing_a_worker_mid_sweep_gives_the_local_table(local, tmp_
 
     def run():
         try:
-            result["sweep"] = mp.sweep(STUDY, out, backend="ray", progress=False,
-                                       max_retries=3)
+            result["sweep"] = mp.sweep(SCALING, out, quick=True, backend="ray",
+                                       progress=False, max_retries=3)
         except BaseException as err:  # noqa: BLE001 - re-raised in the test thread
             error.append(err)
 
@@ -281,27 +289,30 @@ def test_ray_cluster_losing_a_worker_mid_sweep_gives_the_local_table(local, tmp_
         ray.shutdown()
         cluster.shutdown()
     assert missing(out) == []
-    assert frame(result["sweep"]).equals(frame(local))
-    assert frame(result["sweep"], "probes").equals(frame(local, "probes"))
+    assert frame(result["sweep"]).equals(frame(scaling_local))
+    assert frame(result["sweep"], "probes").equals(frame(scaling_local, "probes"))
 
 
 # ----------------------------------------------------------------------------- the reproduction
-def test_scaling_reproduction_quick_tables_follow_from_the_sweep(tmp_path):
+def test_scaling_reproduction_quick_tables_follow_from_the_sweep(scaling_local, tmp_path):
     """examples/reproduce_scaling_compositionality.py --quick: its summary is computed from the
     sweep's own tables (OOD R² of trained students, deep-layer strength-probe R² trained minus
     untrained, paired by seed)."""
+    import shutil
     import subprocess
 
     import pandas as pd
 
-    script = Path(__file__).parent.parent / "examples" / "reproduce_scaling_compositionality.py"
+    script = SCALING.with_name("reproduce_scaling_compositionality.py")
     out = tmp_path / "scaling"
+    shutil.copytree(scaling_local, out)  # the same cells: the script finds them finished
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     run = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out),
                           "--workers", "1"], capture_output=True, text=True, env=env,
                          timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "OOD R²" in run.stdout and (out / "reproduction.html").exists()
+    assert "4 cells (0 run, 4 already finished)" in run.stdout
     summary = pd.read_csv(out / "reproduction.csv")
     table, probes = pd.read_parquet(out / "table.parquet"), pd.read_parquet(out / "probes.parquet")
     assert sorted(summary["model.width"]) == [8, 16]
