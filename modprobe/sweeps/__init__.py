@@ -37,12 +37,12 @@ class SweepResult:
                 f"report: {self.out / 'report.html'}")
 
 
-def sweep(study: str | os.PathLike | Mapping[str, Any] | Study, out: str | os.PathLike,
-          *, backend: str = "local", workers: int | None = None, address: str | None = None,
+def sweep(study: str | os.PathLike | Mapping[str, Any] | Study,
+          out: str | os.PathLike | None = None, *, backend: str = "local", workers: int | None = None, address: str | None = None,
           quick: bool = False, threads: int = 1, max_retries: int = 3,
           gpus_per_cell: float | None = None, device: str | None = None,
           progress: bool = True, report: bool = True) -> SweepResult:
-    """Run every cell of ``study`` under ``out`` and aggregate them.
+    """Run every cell of ``study`` under ``out`` (default ``runs/<study name>``) and aggregate.
 
     ``backend``: ``"local"`` (``workers`` processes; default: CPU count // ``threads``; 1 runs
     in this process) or ``"ray"`` (``address``: ``None`` starts a local Ray instance, ``"auto"``
@@ -61,7 +61,7 @@ def sweep(study: str | os.PathLike | Mapping[str, Any] | Study, out: str | os.Pa
                          f"{max_retries}")
     if backend == "local" and address is not None:
         raise ValueError("address= is for backend='ray'; pass backend='ray' to join a cluster")
-    out = Path(out)
+    out = Path(out) if out is not None else Path("runs") / study.name
     out.mkdir(parents=True, exist_ok=True)
     _io.write_json(out / "study.json", {"name": study.name, "cells": [
         {"id": c.id, "settings": c.to_dict()} for c in study.cells]})

@@ -129,7 +129,11 @@ def load_study(source: str | os.PathLike | Mapping[str, Any] | Study, quick: boo
                 _set(settings, key, value)
             for key, value in zip(names, point):
                 _set(settings, key, value)
-            cell = make_cell(settings)
+            try:
+                cell = make_cell(settings)
+            except ValueError as err:
+                where = {**_dotted(overrides), **dict(zip(names, point))}
+                raise ValueError(f"{err} (in the cell {where or 'of [base]'})") from err
             if cell.id not in seen:
                 seen.add(cell.id)
                 expanded.append(cell)
