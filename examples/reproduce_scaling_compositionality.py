@@ -45,10 +45,10 @@ def deep_probes(table, probes):
 
 def summarise(cells):
     """One row per support x frac_ood x width: trained students' OOD R² and the probes' R²,
-    trained minus untrained (paired by seed)."""
+    trained minus untrained (paired by seed; no gain where the untrained cell was not run)."""
     trained = cells[cells["config.fit.finetune"] == True].set_index([*KEYS, "seed"])  # noqa: E712
     untrained = cells[cells["config.fit.finetune"] == False].set_index([*KEYS, "seed"])  # noqa: E712
-    paired = trained.join(untrained[["deep_r2", "transfer_r2"]], rsuffix="_untrained", how="inner")
+    paired = trained.join(untrained[["deep_r2", "transfer_r2"]], rsuffix="_untrained", how="left")
     paired["deep_gain"] = paired["deep_r2"] - paired["deep_r2_untrained"]
     paired["transfer_gain"] = paired["transfer_r2"] - paired["transfer_r2_untrained"]
     grouped = paired.groupby(KEYS)
