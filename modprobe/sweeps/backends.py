@@ -56,7 +56,9 @@ def run_local(cells: Sequence[Cell], root: str, *, workers: int, threads: int,
                 breaks += 1
                 pending = [c for c in pending if c.id not in done and c.id not in errors]
                 if breaks > max_retries:
-                    errors.update({c.id: "a worker process died on every attempt"
+                    errors.update({c.id: "a worker process died on every attempt (a script "
+                                   "that calls sweep() needs an `if __name__ == '__main__':` "
+                                   "guard: workers are started by spawn, which imports it)"
                                    for c in pending})
                     pending = []
     bar.close()
