@@ -189,6 +189,7 @@ def test_a_failing_cell_is_reported_and_the_others_are_saved(tmp_path):
     assert len(info.value.errors) == 1
     table, _ = aggregate(tmp_path / "s")
     assert len(table) == 1 and table["model.scratch"].iloc[0] == "mlp"
+    assert frame(tmp_path / "s").equals(table)  # the finished cell's table is written anyway
 
 
 def test_local_processes_give_the_same_table_and_survive_a_dying_worker(local, tmp_path):

@@ -38,8 +38,8 @@ class SweepResult:
 
 
 def sweep(study: str | os.PathLike | Mapping[str, Any] | Study,
-          out: str | os.PathLike | None = None, *, backend: str = "local", workers: int | None = None, address: str | None = None,
-          quick: bool = False, threads: int = 1, max_retries: int = 3,
+          out: str | os.PathLike | None = None, *, backend: str = "local",
+          workers: int | None = None, address: str | None = None, quick: bool = False, threads: int = 1, max_retries: int = 3,
           gpus_per_cell: float | None = None, device: str | None = None,
           progress: bool = True, report: bool = True) -> SweepResult:
     """Run every cell of ``study`` under ``out`` (default ``runs/<study name>``) and aggregate.
@@ -67,16 +67,21 @@ def sweep(study: str | os.PathLike | Mapping[str, Any] | Study,
         {"id": c.id, "settings": c.to_dict()} for c in study.cells]})
     skipped = [c.id for c in study.cells if (out / "cells" / c.id / "results.json").exists()]
     todo = [c for c in study.cells if c.id not in skipped]
+    failed = None
     if todo:
-        if backend == "local":
-            if workers is None:
-                workers = max(1, (os.cpu_count() or 1) // threads)
-            payloads = run_local(todo, str(out.resolve()), workers=workers, threads=threads,
-                                 device=device, max_retries=max_retries, progress=progress)
-        else:
-            payloads = run_ray(todo, str(out.resolve()), address=address, threads=threads,
-                               gpus_per_cell=gpus_per_cell, device=device,
-                               max_retries=max_retries, progress=progress)
+        try:
+            if backend == "local":
+                if workers is None:
+                    workers = max(1, (os.cpu_count() or 1) // threads)
+                payloads = run_local(todo, str(out.resolve()), workers=workers,
+                                     threads=threads, device=device, max_retries=max_retries,
+                                     progress=progress)
+            else:
+                payloads = run_ray(todo, str(out.resolve()), address=address, threads=threads,
+                                   gpus_per_cell=gpus_per_cell, device=device,
+                                   max_retries=max_retries, progress=progress)
+        except SweepError as err:  # tables and report of the cells that did finish, then raise
+            failed, payloads = err, err.done
         _keep(out, payloads)
     write_tables(out)
     table, probes = read_table(out), read_table(out, "probes")
@@ -84,6 +89,8 @@ def sweep(study: str | os.PathLike | Mapping[str, Any] | Study,
         from .report import write_sweep_report
 
         write_sweep_report(out)
+    if failed is not None:
+        raise failed
     return SweepResult(out, study, table, probes, [c.id for c in todo], skipped)
 
 

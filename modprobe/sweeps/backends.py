@@ -26,8 +26,8 @@ Payloads = dict[str, dict[str, Any]]
 class SweepError(RuntimeError):
     """Some cells failed; the others finished and are saved (a rerun retries only the failed)."""
 
-    def __init__(self, errors: dict[str, str]):
-        self.errors = errors
+    def __init__(self, errors: dict[str, str], done: "Payloads | None" = None):
+        self.errors, self.done = errors, done or {}
         lines = "\n".join(f"  cell {cid}: {err}" for cid, err in errors.items())
         super().__init__(f"{len(errors)} cell(s) failed; the others are saved and a rerun "
                          f"retries only these:\n{lines}")
@@ -63,7 +63,7 @@ def run_local(cells: Sequence[Cell], root: str, *, workers: int, threads: int,
                     pending = []
     bar.close()
     if errors:
-        raise SweepError(errors)
+        raise SweepError(errors, done)
     return done
 
 
@@ -126,5 +126,5 @@ def run_ray(cells: Sequence[Cell], root: str, *, address: str | None, threads: i
         if started:
             ray.shutdown()
     if errors:
-        raise SweepError(errors)
+        raise SweepError(errors, done)
     return done
