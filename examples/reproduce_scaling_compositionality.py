@@ -46,15 +46,17 @@ def deep_probes(table, probes):
 def summarise(cells):
     """One row per support x frac_ood x width: trained students' OOD R² and the probes' R²,
     trained minus untrained (paired by seed; no gain where the untrained cell was not run)."""
-    trained = cells[cells["config.fit.finetune"] == True].set_index([*KEYS, "seed"])  # noqa: E712
-    untrained = cells[cells["config.fit.finetune"] == False].set_index([*KEYS, "seed"])  # noqa: E712
+    finetuned = cells["config.fit.finetune"].astype(bool)
+    trained = cells[finetuned].set_index([*KEYS, "seed"])
+    untrained = cells[~finetuned].set_index([*KEYS, "seed"])
     paired = trained.join(untrained[["deep_r2", "transfer_r2"]], rsuffix="_untrained", how="left")
     paired["deep_gain"] = paired["deep_r2"] - paired["deep_r2_untrained"]
     paired["transfer_gain"] = paired["transfer_r2"] - paired["transfer_r2_untrained"]
     grouped = paired.groupby(KEYS)
     summary = grouped.agg(seeds=("fit.heldout", "size"), test_r2=("fit.test", "mean"),
                           ood_r2=("fit.heldout", "mean"), ood_r2_sd=("fit.heldout", "std"),
-                          deep_r2=("deep_r2", "mean"), deep_r2_untrained=("deep_r2_untrained", "mean"),
+                          deep_r2=("deep_r2", "mean"),
+                          deep_r2_untrained=("deep_r2_untrained", "mean"),
                           deep_gain=("deep_gain", "mean"), transfer_r2=("transfer_r2", "mean"),
                           transfer_gain=("transfer_gain", "mean"))
     return summary.reset_index(), paired.reset_index()

@@ -39,9 +39,9 @@ class SweepResult:
 
 def sweep(study: str | os.PathLike | Mapping[str, Any] | Study,
           out: str | os.PathLike | None = None, *, backend: str = "local",
-          workers: int | None = None, address: str | None = None, quick: bool = False, threads: int = 1, max_retries: int = 3,
-          gpus_per_cell: float | None = None, device: str | None = None,
-          progress: bool = True, report: bool = True) -> SweepResult:
+          workers: int | None = None, address: str | None = None, quick: bool = False,
+          threads: int = 1, max_retries: int = 3, gpus_per_cell: float | None = None,
+          device: str | None = None, progress: bool = True, report: bool = True) -> SweepResult:
     """Run every cell of ``study`` under ``out`` (default ``runs/<study name>``) and aggregate.
 
     ``backend``: ``"local"`` (``workers`` processes; default: CPU count // ``threads``; 1 runs

@@ -81,11 +81,12 @@ def build_model(cell: Cell, task: Any, device: str = "cpu") -> Any:
                 try:
                     factory = getattr(importlib.import_module(module_name), function)
                 except (ImportError, AttributeError) as err:
-                    raise ValueError(f"cannot import model factory {spec['factory']!r}: {err}") from err
+                    raise ValueError(f"cannot import model factory {spec['factory']!r}: "
+                                     f"{err}") from err
                 model = load_model(factory(**spec.get("args", {})))
             elif spec["scratch"] == "mlp":
-                model = scratch.mlp(_mlp_sizes(spec, task), activation=spec.get("activation", "relu"),
-                                    seed=cell.seed)
+                model = scratch.mlp(_mlp_sizes(spec, task), seed=cell.seed,
+                                    activation=spec.get("activation", "relu"))
             else:
                 options = {k: v for k, v in spec.items() if k != "scratch"}
                 model = getattr(scratch, spec["scratch"])(seed=cell.seed, **options)

@@ -149,8 +149,8 @@ def make_cell(settings: Mapping[str, Any]) -> Cell:
         raise ValueError(f"unknown cell setting(s) {unknown}; a cell has {list(_CELL_KEYS)}")
     for key in ("model", "task"):
         if key not in settings:
-            raise ValueError(f"a cell needs a {key!r} table (set it in [base], the grid or a cell); "
-                             f"got {dict(settings)}")
+            raise ValueError(f"a cell needs a {key!r} table (set it in [base], the grid or a "
+                             f"cell); got {dict(settings)}")
     model = settings["model"]
     model = {"spec": model} if isinstance(model, str) else dict(model)
     task = settings["task"]
@@ -164,9 +164,9 @@ def make_cell(settings: Mapping[str, Any]) -> Cell:
         raise ValueError(f"seed must be an integer, got {seed!r}")
     _check_model(model)
     if init == "random_init" and "scratch" in model:
-        raise ValueError(f"init='random_init' with a scratch model repeats init='pretrained': the "
-                         f"scratch model is already randomly initialised from the seed; got {model}. "
-                         "Vary seed instead, or use a pretrained spec or factory")
+        raise ValueError(f"init='random_init' with a scratch model repeats init='pretrained': "
+                         "the scratch model is already randomly initialised from the seed; got "
+                         f"{model}. Vary seed instead, or use a pretrained spec or factory")
     _check_task(task)
     _check_config(config)
     return Cell(model, task, config, init, seed)
@@ -193,7 +193,8 @@ def _check_model(model: dict[str, Any]) -> None:
         if model["scratch"] == "mlp":
             has_sizes, has_width = "sizes" in model, "width" in model
             if has_sizes == has_width:
-                raise ValueError(f"a scratch mlp needs either width (and depth) or sizes, got {model}")
+                raise ValueError(f"a scratch mlp needs either width (and depth) or sizes, "
+                                 f"got {model}")
             extra = set(model) - {"scratch", "sizes", "width", "depth", "activation"}
             if extra:
                 raise ValueError(f"unknown scratch mlp option(s) {sorted(extra)}; it takes width, "

@@ -71,15 +71,15 @@ def aggregate(root: str | Path) -> tuple[Any, Any]:
 
 
 def write_tables(root: str | Path) -> dict[str, Path]:
-    """Write ``table.csv`` / ``table.parquet`` and ``probes.csv`` / ``probes.parquet`` atomically."""
+    """Write ``table.csv`` / ``.parquet`` and ``probes.csv`` / ``.parquet`` atomically."""
     root = Path(root)
     table, probes = aggregate(root)
     paths = {}
     for name, frame in (("table", table), ("probes", probes)):
-        paths[f"{name}.csv"] = _io.atomic_write(root / f"{name}.csv",
-                                                lambda tmp, f=frame: f.to_csv(tmp, index=False))
-        paths[f"{name}.parquet"] = _io.atomic_write(root / f"{name}.parquet",
-                                                    lambda tmp, f=frame: f.to_parquet(tmp, index=False))
+        paths[f"{name}.csv"] = _io.atomic_write(
+            root / f"{name}.csv", lambda tmp, f=frame: f.to_csv(tmp, index=False))
+        paths[f"{name}.parquet"] = _io.atomic_write(
+            root / f"{name}.parquet", lambda tmp, f=frame: f.to_parquet(tmp, index=False))
     return paths
 
 
