@@ -326,3 +326,34 @@ def test_scaling_reproduction_quick_tables_follow_from_the_sweep(scaling_local, 
         assert row["ood_r2"] == pytest.approx(trained["fit.heldout"].mean())
         gain = deep[trained["cell"]].mean() - deep[untrained["cell"]].mean()
         assert row["deep_gain"] == pytest.approx(gain)
+
+
+def test_a_cell_locked_by_another_process_is_waited_for_and_not_analysed_twice(local, tmp_path,
+                                                                              monkeypatch):
+    """While another process holds a cell's lock, run_cell waits; when that process has
+    published results.json, run_cell returns them without analysing."""
+    import fcntl
+    import shutil
+
+    import modprobe.analysis
+    from modprobe.sweeps.cell import run_cell
+
+    monkeypatch.setattr(modprobe.analysis, "analyze",
+                        lambda *a, **k: pytest.fail("the cell was analysed twice"))
+    cell = load_study(STUDY).cells[0]
+    directory = tmp_path / "cells" / cell.id
+    directory.mkdir(parents=True)
+    returned = []
+    with open(directory / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # "another process" is working on the cell
+        thread = threading.Thread(target=lambda: returned.append(
+            run_cell(cell.to_dict(), str(tmp_path))))
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive() and not returned  # waiting for the lock
+        for name in ("cell.json", "results.json"):
+            shutil.copy(local.out / "cells" / cell.id / name, directory / name)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    thread.join(timeout=60)
+    assert returned and returned[0]["results"]["fit"] == json.loads(
+        (local.out / "cells" / cell.id / "results.json").read_text())["fit"]
