@@ -7,8 +7,9 @@ from .analysis import Analysis, AnalysisConfig, analyze
 from .comparison import Comparison, compare
 from .models import HookedModel, load_model, reinitialize, wrap
 from .subroutine import Subroutine
+from .sweeps import sweep
 
 __all__ = ["Analysis", "AnalysisConfig", "Comparison", "HookedModel", "Subroutine", "ablation",
            "analyze", "compare", "load_model", "probes", "pruning", "reinitialize", "scratch",
-           "tasks", "wrap"]
+           "sweep", "tasks", "wrap"]
 __version__ = "0.1.0"

@@ -14,6 +14,9 @@ _EXAMPLES = """examples:
   modprobe analyze --model-factory mypkg.models:build --task vision --out runs/mine
   modprobe compare --model minilm --task language --seeds 0 1 2 --out runs/cmp
   modprobe report runs/x                                   # re-render runs/x/report.html
+  modprobe sweep examples/scaling.toml --out runs/scaling --quick   # a study of many analyses
+  modprobe sweep study.toml --out runs/s --backend ray --address auto
+  modprobe sweep report runs/scaling                       # re-render the sweep's tables and report
 """
 
 
@@ -60,10 +63,62 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--seeds", type=int, nargs="+", default=[0],
                       help="more seeds give a confidence interval (each adds two analyses)")
-    for p in (analyze, compare, report, demo):
+    sweep = sub.add_parser("sweep", help="run a study of many analyses (grid over models, "
+                           "tasks, seeds, settings), or `sweep report DIR`",
+                           usage="modprobe sweep STUDY.toml [options]\n       "
+                           "modprobe sweep report DIR",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXAMPLES)
+    sweep.add_argument("target", nargs="+", metavar="STUDY.toml",
+                       help="the study (TOML), or `report DIR` to rewrite a sweep's tables and "
+                       "report from its cells")
+    sweep.add_argument("--out", type=Path, default=None, help="sweep directory (default "
+                       "runs/<study name>); finished cells are skipped, unfinished ones resume")
+    sweep.add_argument("--quick", action="store_true", help="the study's [quick] settings")
+    sweep.add_argument("--backend", choices=["local", "ray"], default="local")
+    sweep.add_argument("--address", default=None, help="Ray cluster: auto or ray://host:10001 "
+                       "(default: start a local Ray instance)")
+    sweep.add_argument("--workers", type=int, default=None, help="local worker processes "
+                       "(default: CPU count // threads)")
+    sweep.add_argument("--threads", type=int, default=1, help="torch threads per cell")
+    sweep.add_argument("--max-retries", type=int, default=3, help="retries of a cell whose "
+                       "worker died")
+    sweep.add_argument("--gpus-per-cell", type=float, default=None, help="Ray: GPUs per cell "
+                       "(default: 1 when the cluster has GPUs, else 0)")
+    sweep.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if present)")
+    for p in (analyze, compare, report, demo, sweep):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback when the command fails")
     return parser
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweeps import SweepError, load_study, sweep
+
+    if args.target[0] == "report":
+        from .sweeps import write_tables
+        from .sweeps.report import write_sweep_report
+
+        if len(args.target) != 2:
+            raise SystemExit("usage: modprobe sweep report DIR")
+        try:
+            write_tables(args.target[1])
+            print(f"report: {write_sweep_report(args.target[1])}")
+        except FileNotFoundError as err:
+            raise SystemExit(str(err)) from err
+        return 0
+    if len(args.target) != 1:
+        raise SystemExit(f"give one study file (or `report DIR`), got {args.target}")
+    try:
+        study = load_study(args.target[0], quick=args.quick)
+        out = args.out or Path("runs") / (study.name + ("_quick" if args.quick else ""))
+        result = sweep(study, out, backend=args.backend, workers=args.workers,
+                       address=args.address, threads=args.threads,
+                       max_retries=args.max_retries, gpus_per_cell=args.gpus_per_cell,
+                       device=args.device)
+    except (ValueError, TypeError, FileNotFoundError, ImportError, SweepError) as err:
+        raise SystemExit(str(err)) from err
+    print(result.summary())
+    return 0
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -144,6 +199,8 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit(f"{results_path} does not exist: run `modprobe analyze` first")
         print(f"report: {write_report(read_results(results_path), args.run / 'report.html')}")
         return 0
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "demo":
         from .demo import run_demo
 

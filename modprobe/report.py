@@ -40,6 +40,11 @@ def render_html(results: dict[str, Any]) -> str:
     sections.append(("Configuration and versions", _pre(json.dumps(
         {k: results.get(k) for k in ("config", "versions", "schema_version", "created")},
         indent=2, default=str))))
+    return page(title, sections)
+
+
+def page(title: str, sections: list[tuple[str, str]]) -> str:
+    """One self-contained HTML page: a heading and ``(heading, html)`` sections."""
     body = "\n".join(f"<section><h2>{html.escape(h)}</h2>\n{content}</section>"
                      for h, content in sections)
     return f"""<!DOCTYPE html>
