@@ -23,9 +23,13 @@ from .activations import (INPUT, POOLINGS, check_hooks, collect, default_hooks, 
 from .crossval import baseline_predictions, cross_validate
 from .folds import Splits, control_labels, nested_splits
 from .linear import ENGINES, fit_predict
+from .mdl import online_code, transmission_order
 from .report import ProbeReport
 from .._stats import CORRECTIONS, adjust_pvalues
 from .stats import bootstrap_ci, permutation_pvalue, score
+
+
+MEASURES = ("accuracy", "mdl")
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,10 @@ class ProbeConfig:
     ``n_bootstrap``: 0 turns p-values / intervals off; ``correction``: "holm", "bh" or None;
     ``input_baseline``: add the probe on the raw inputs (row ``hook="input"``), whose features
     are capped at ``max_input_dim`` by a fixed random projection; ``device``: the torch engine's
-    device (default: CUDA when available).
+    device (default: CUDA when available). ``measure``: "accuracy" (always computed) and
+    optionally "mdl": the online codelength and compression of :mod:`.mdl` for discrete
+    constituents, on the real and the control labels. ``threads``: CPU threads of either engine
+    (None: the cores free now, see :func:`.linear.free_cores`; ``MODPROBE_THREADS`` sets it too).
     """
 
     pooling: str = "mean"
@@ -56,11 +63,16 @@ class ProbeConfig:
     input_baseline: bool = True
     max_input_dim: int = 4096
     batch_size: int = 64
-    max_iter: int = 200
-    tol: float = 1e-4
+    max_iter: int = 1000
+    tol: float = 1e-6
     device: str | None = None
+    measure: tuple[str, ...] = ("accuracy",)
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.measure, str):
+            object.__setattr__(self, "measure", (self.measure,))
+        object.__setattr__(self, "measure", tuple(self.measure))
         checks = [
             (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}"),
             (self.engine in ENGINES, f"engine must be one of {ENGINES}"),
@@ -75,6 +87,9 @@ class ProbeConfig:
             (0 < self.ci < 1, "ci is a coverage level in (0, 1), e.g. 0.95"),
             (min(self.max_input_dim, self.batch_size, self.max_iter) >= 1 and self.tol > 0,
              "max_input_dim, batch_size and max_iter must be >= 1 and tol > 0"),
+            ("accuracy" in self.measure and set(self.measure) <= set(MEASURES),
+             f"measure must hold 'accuracy' and may add 'mdl' (choices {MEASURES})"),
+            (self.threads is None or self.threads >= 1, "threads must be None or >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -132,7 +147,7 @@ def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None
     if INPUT not in hooks and config.input_baseline:
         hooks = [INPUT, *hooks]
     sets = _rows(config, hm, hooks, [data] if held is None else [data, held], progress)
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(3)]
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(4)]
     splits = nested_splits(sets[0].unit, _strata(parts, sets[0]), config.cv, config.inner_cv,
                            rngs[0], "groups" if data.groups is not None else "examples")
     run = _Run(config, hooks, sets, splits, rngs, condition, progress)
@@ -166,7 +181,9 @@ class _Run:
         self.control_rng = rngs[1]
         self.scorer = _Scorer(config, splits, self.rows.unit, rngs[2])
         self.fit = partial(fit_predict, engine=config.engine, max_iter=config.max_iter,
-                           tol=config.tol, device=config.device, progress=progress)
+                           tol=config.tol, device=config.device, progress=progress,
+                           threads=config.threads)
+        self.order = transmission_order(self.rows.unit, rngs[3])
 
     def probe(self, kind: list[_Constituent]) -> list[dict[str, Any]]:
         """Rows for constituents that are all discrete or all continuous."""
@@ -188,6 +205,9 @@ class _Run:
                 else sorted(self.config.alpha_grid, reverse=True))  # strongest penalty first
         result = cross_validate(self.features, labels, n_classes, self.splits,
                                 self.heldout_split, grid, self.fit)
+        mdl = "mdl" in self.config.measure
+        code = (online_code(self.features, labels, n_classes, self.order, grid, self.fit)
+                if mdl and discrete else None)
         out = []
         for h, hook in enumerate(self.hooks):
             for i, c in enumerate(kind):
@@ -201,8 +221,23 @@ class _Run:
                     c.heldout[held.example] if c.heldout is not None else None,
                     real[i], held, discrete))
                 row["regularization"] = float(result.reg[h, i])
+                if mdl:
+                    row.update(_mdl_columns(code, h, i, len(kind) + i if controls else None))
                 out.append(row)
         return out
+
+
+def _mdl_columns(code, h: int, i: int, control: int | None) -> dict[str, Any]:
+    """Online codelength (bits), uniform codelength and compression of one row (None for a
+    continuous constituent), and the same compression on the control task."""
+    if code is None:
+        return dict(codelength=None, uniform_codelength=None, compression=None,
+                    control_compression=None)
+    return dict(codelength=float(code.codelength[h, i]),
+                uniform_codelength=float(code.uniform[i]),
+                compression=float(code.compression[h, i]),
+                control_compression=(float(code.compression[h, control])
+                                     if control is not None else None))
 
 
 # --------------------------------------------------------------------- inputs and labels
