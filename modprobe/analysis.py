@@ -46,6 +46,9 @@ class AnalysisConfig:
     the training.
     ``n_random``: random controls per subnetwork; with 2 subnetworks x 2 tasks at least 80 are
     needed before Holm-corrected empirical p-values can fall below 0.05.
+    ``probe_measure``: what the probes report besides accuracy ("mdl": online codelength and
+    compression). ``erasure``: also erase every constituent at every probed hook with LEACE and
+    score each subroutine against ``erasure_random`` random-direction erasures of the same rank.
     """
 
     seed: int = 0
@@ -58,6 +61,9 @@ class AnalysisConfig:
     strategy: str = "zero"
     probe_cv: int = 5
     probe_hooks: tuple[str, ...] | None = None
+    probe_measure: tuple[str, ...] = ("accuracy", "mdl")
+    erasure: bool = False
+    erasure_random: int = 100
     validation_fraction: float = 0.25
     progress: bool = True
 
@@ -146,12 +152,21 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     probe_report = _cached(store, "probes.json", lambda: probes.decodability(
         fitted, task.constituents, hooks=config.probe_hooks, cv=config.probe_cv,
         seed=config.seed, heldout=task.heldout_constituents, condition=label,
-        progress=config.progress),
+        measure=config.probe_measure, progress=config.progress),
         save=lambda rep, p: _io.write_json(p, rep.to_dict()),
         load=lambda p: probes.ProbeReport.from_dict(json.loads(p.read_text())))
 
+    erasure_report = None if not config.erasure else _cached(
+        store, "erasure.json", lambda: probes.erasure_effects(
+            fitted, tests, task.constituents, hooks=config.probe_hooks,
+            n_random=config.erasure_random, seed=config.seed),
+        save=lambda rep, p: _io.write_json(p, rep.to_dict()),
+        load=lambda p: probes.ErasureReport.from_dict(json.loads(p.read_text())))
+
     results = _results(hm, task, config, label, fit_result, subnetworks, ablation_report,
                        probe_report)
+    if erasure_report is not None:
+        results["erasure"] = erasure_report.to_dict()
     analysis = Analysis(results, subnetworks, Path(out) if out is not None else None)
     if store is not None:
         _io.write_json(store.root / "results.json", results)

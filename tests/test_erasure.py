@@ -47,7 +47,7 @@ def _subroutines(n=300, seed=1):
 def test_erasing_a_used_constituent_hurts_its_subroutine_beyond_random_directions():
     model = Reader()
     report = erasure_effects(model, _subroutines(), _Constituents(600, 0), hooks=["enc"],
-                             n_random=149, n_bootstrap=200, seed=0)
+                             n_random=30, n_bootstrap=200, seed=0)
     rows = {(r["subroutine"], r["constituent"]): r for r in report.rows}
     used = rows["A", "a"]
     assert used["full"] > 0.95 and used["erased"] < 0.65 and used["rank"] == 1

@@ -42,8 +42,8 @@ class ProbeConfig:
     ``n_bootstrap``: 0 turns p-values / intervals off; ``correction``: "holm", "bh" or None;
     ``input_baseline``: add the probe on the raw inputs (row ``hook="input"``), whose features
     are capped at ``max_input_dim`` by a fixed random projection; ``device``: the torch engine's
-    device (default: CUDA when available). ``measure``: "accuracy" (always computed) and
-    optionally "mdl": the online codelength and compression of :mod:`.mdl` for discrete
+    device (default: CUDA when available). ``measure``: "accuracy" (always computed; a name
+    or a tuple of names) and optionally "mdl": the online codelength and compression of :mod:`.mdl` for discrete
     constituents, on the real and the control labels. ``threads``: CPU threads of either engine
     (None: the cores free now, see :func:`.linear.free_cores`; ``MODPROBE_THREADS`` sets it too).
     """
@@ -70,9 +70,8 @@ class ProbeConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.measure, str):
-            object.__setattr__(self, "measure", (self.measure,))
-        object.__setattr__(self, "measure", tuple(self.measure))
+        measure = (self.measure,) if isinstance(self.measure, str) else tuple(self.measure)
+        object.__setattr__(self, "measure", tuple(dict.fromkeys(("accuracy", *measure))))
         checks = [
             (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}"),
             (self.engine in ENGINES, f"engine must be one of {ENGINES}"),
@@ -87,8 +86,7 @@ class ProbeConfig:
             (0 < self.ci < 1, "ci is a coverage level in (0, 1), e.g. 0.95"),
             (min(self.max_input_dim, self.batch_size, self.max_iter) >= 1 and self.tol > 0,
              "max_input_dim, batch_size and max_iter must be >= 1 and tol > 0"),
-            ("accuracy" in self.measure and set(self.measure) <= set(MEASURES),
-             f"measure must hold 'accuracy' and may add 'mdl' (choices {MEASURES})"),
+            (set(self.measure) <= set(MEASURES), f"measure must be among {MEASURES}"),
             (self.threads is None or self.threads >= 1, "threads must be None or >= 1"),
         ]
         for ok, message in checks:

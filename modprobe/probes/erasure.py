@@ -12,7 +12,11 @@ directions. The control is LEACE itself fitted to a random linear concept of the
 (``rank`` random orthonormal directions of the whitened activations), so it has the same
 affine form, the same shrinkage and removes the same whitened variance; only the direction is
 random. Effect = mean control metric - erased metric, with a paired bootstrap interval over the
-subroutine's examples and an empirical p-value against the controls (Holm-adjusted).
+subroutine's examples. Its p-value asks whether the erased metric lies below the controls'
+distribution: a one-sided t prediction test, ``t = effect / (sd * sqrt(1 + 1/n))`` with n - 1
+degrees of freedom, Holm-adjusted over rows (the empirical p-value ``(1 + #controls <= erased) /
+(n + 1)`` is reported too, but it cannot fall below 1/(n + 1), so with many rows it would need
+hundreds of controls per row).
 """
 from __future__ import annotations
 
@@ -115,8 +119,8 @@ class ErasureReport(Report):
     ``hook``) with ``erased_ci_low`` / ``erased_ci_high``, ``random_mean`` / ``random_sd`` over
     ``n_random`` random-direction erasures of the same rank, ``effect = random_mean - erased``
     (positive: erasing the constituent hurts beyond random directions) with ``ci_low`` /
-    ``ci_high`` (paired bootstrap over examples), ``p_value`` (empirical, one-sided) and
-    ``p_holm``, ``used`` (p_holm < 0.05 and ci_low > 0), ``n_examples``.
+    ``ci_high`` (paired bootstrap over examples), ``p_value`` (one-sided t prediction test against
+    the controls), ``p_holm``, ``p_empirical``, ``used`` (p_holm < 0.05 and ci_low > 0), ``n_examples``.
     """
 
     rows: list[dict[str, Any]]
@@ -136,8 +140,9 @@ def erasure_effects(model: Any, subroutines: Mapping[str, Any], constituents: An
     with ``.inputs`` and ``.labels``, e.g. ``task.constituents``) and score every subroutine
     (``{name: Subroutine}``, its evaluation data) against ``n_random`` random-direction erasures
     of the same rank. ``hooks``: default every block's output."""
-    if n_random < 1 or n_bootstrap < 1:
-        raise ValueError(f"n_random and n_bootstrap must be >= 1, got {n_random}, {n_bootstrap}")
+    if n_random < 2 or n_bootstrap < 1:
+        raise ValueError(f"n_random must be >= 2 and n_bootstrap >= 1, got {n_random}, "
+                         f"{n_bootstrap}")
     if not (hasattr(constituents, "inputs") and hasattr(constituents, "labels")):
         raise TypeError("constituents must have .inputs and .labels (e.g. task.constituents)")
     if not subroutines:
@@ -189,8 +194,24 @@ def _row(name, hook, constituent, rank, task, full, out, rand, boot, level) -> d
                 erased_ci_low=low, erased_ci_high=high, random_mean=float(rand_values.mean()),
                 random_sd=float(rand_values.std(ddof=1)) if len(rand) > 1 else None,
                 effect=float(rand_values.mean() - erased_value), ci_low=effect_low,
-                ci_high=effect_high, p_value=_empirical_p(erased_value, rand_values),
+                ci_high=effect_high, p_value=_prediction_p(erased_value, rand_values),
+                p_empirical=_empirical_p(erased_value, rand_values),
                 n_random=len(rand), n_examples=len(task.targets))
+
+
+def _prediction_p(observed: float, null: np.ndarray) -> float:
+    """One-sided p-value that ``observed`` falls below a new draw of the null distribution
+    (t prediction interval from the null draws' mean and sd)."""
+    from scipy import stats
+
+    n = len(null)
+    if n < 2:
+        return 1.0
+    sd = float(null.std(ddof=1)) * np.sqrt(1 + 1 / n)
+    effect = float(null.mean() - observed)
+    if sd == 0:
+        return 0.0 if effect > 0 else 1.0
+    return float(stats.t.sf(effect / sd, df=n - 1))
 
 
 def _readouts(hm: HookedModel, task: _Task, erasure: Erasure | None = None) -> torch.Tensor:
