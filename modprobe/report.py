@@ -232,37 +232,31 @@ def _random_distribution_figure(res: dict[str, Any]) -> go.Figure | None:
 
 
 def _probe_figure(res: dict[str, Any]) -> go.Figure | None:
-    rows = (res.get("probes") or {}).get("rows") or []
-    rows = [r for r in rows if r.get("selectivity") is not None]
-    if not rows:
-        return None
-    hooks = list(dict.fromkeys(r["hook"] for r in rows))
-    consts = list(dict.fromkeys(r["constituent"] for r in rows))
-    cell = {(r["hook"], r["constituent"]): r for r in rows}
-    z = [[cell[(h, c)]["selectivity"] if (h, c) in cell else None for h in hooks] for c in consts]
-    text = [[f"{cell[(h, c)]['selectivity']:.2f}<br>({cell[(h, c)]['accuracy']:.2f})"
-             if (h, c) in cell else "" for h in hooks] for c in consts]
-    fig = go.Figure(go.Heatmap(z=z, x=hooks, y=consts, colorscale="Viridis", text=text,
-                               texttemplate="%{text}", colorbar_title="selectivity"))
-    fig.update_layout(height=120 + 60 * len(consts), xaxis_tickangle=-45, margin=dict(b=140))
-    return fig
+    return _probe_heatmap(res, "selectivity", "accuracy")
 
 
 def _mdl_figure(res: dict[str, Any]) -> go.Figure | None:
-    rows = [r for r in (res.get("probes") or {}).get("rows") or []
-            if r.get("compression") is not None]
+    return _probe_heatmap(res, "compression", "control_compression")
+
+
+def _probe_heatmap(res: dict[str, Any], column: str, bracketed: str) -> go.Figure | None:
+    """Hook x constituent heatmap of probe row ``column``, each cell also showing ``bracketed``."""
+    rows = (res.get("probes") or {}).get("rows") or []
+    rows = [r for r in rows if r.get(column) is not None]
     if not rows:
         return None
     hooks = list(dict.fromkeys(r["hook"] for r in rows))
     consts = list(dict.fromkeys(r["constituent"] for r in rows))
     cell = {(r["hook"], r["constituent"]): r for r in rows}
-    z = [[cell[(h, c)]["compression"] if (h, c) in cell else None for h in hooks] for c in consts]
-    text = [[(f"{cell[(h, c)]['compression']:.2f}"
-              + (f"<br>({cell[(h, c)]['control_compression']:.2f})"
-                 if cell[(h, c)].get("control_compression") is not None else ""))
-             if (h, c) in cell else "" for h in hooks] for c in consts]
+
+    def label(r: dict[str, Any]) -> str:
+        extra = f"<br>({r[bracketed]:.2f})" if r.get(bracketed) is not None else ""
+        return f"{r[column]:.2f}{extra}"
+
+    z = [[cell[(h, c)][column] if (h, c) in cell else None for h in hooks] for c in consts]
+    text = [[label(cell[(h, c)]) if (h, c) in cell else "" for h in hooks] for c in consts]
     fig = go.Figure(go.Heatmap(z=z, x=hooks, y=consts, colorscale="Viridis", text=text,
-                               texttemplate="%{text}", colorbar_title="compression"))
+                               texttemplate="%{text}", colorbar_title=column))
     fig.update_layout(height=120 + 60 * len(consts), xaxis_tickangle=-45, margin=dict(b=140))
     return fig
 
