@@ -84,3 +84,25 @@ def test_erasure_rejects_bad_input_before_work():
         erasure_effects(model, _subroutines(), {"a": 1}, hooks=["enc"])
     with pytest.raises(ValueError, match="unknown hook point"):
         erasure_effects(model, _subroutines(), _Constituents(50, 0), hooks=["encoder"])
+
+
+def test_mean_pooled_erasure_through_a_bridge_hook_point_erases_the_pooled_code():
+    """Fitted on mean-pooled activations and applied at every position of a TransformerLens
+    hook point, the eraser leaves the pooled representation with equal class means."""
+    bert = mp.scratch.transformer("bert", n_layers=1, d_model=16, n_heads=2, d_mlp=32,
+                                  vocab_size=30, seed=0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 30, (120, 6), generator=g)
+    y = torch.arange(120) % 2
+    ids[:, 1] = 3 + y  # the label is a token
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    before = {k: v.clone() for k, v in bert.module.state_dict().items()}
+    erasure = erase(bert, "blocks.0.hook_out", inputs, y)
+    with erased(bert, erasure):
+        _, cache = bert.run_with_cache(inputs, names=["blocks.0.hook_out"])
+    pooled = cache["blocks.0.hook_out"].mean(1)
+    assert (pooled[y == 1].mean(0) - pooled[y == 0].mean(0)).abs().max() < 1e-4
+    _, clean = bert.run_with_cache(inputs, names=["blocks.0.hook_out"])
+    raw = clean["blocks.0.hook_out"].mean(1)
+    assert (raw[y == 1].mean(0) - raw[y == 0].mean(0)).abs().max() > 0.1
+    assert all(torch.equal(before[k], v) for k, v in bert.module.state_dict().items())

@@ -287,6 +287,20 @@ def test_online_code_blocks_follow_the_standard_schedule():
     assert all(len(set(unit[order[i:i + 3]].tolist())) == 1 for i in range(0, 15, 3))
 
 
+def test_threads_come_from_the_free_cores_or_the_user(monkeypatch):
+    from modprobe.probes.linear import free_cores
+
+    assert 1 <= free_cores(sample=0.05) <= torch.get_num_threads()
+    monkeypatch.setenv("MODPROBE_THREADS", "3")
+    assert free_cores() == 3
+    with pytest.raises(ValueError, match="threads"):
+        ProbeConfig(threads=0)
+    before = torch.get_num_threads()
+    model = _noise_with_code(60, 4, torch.arange(60) % 2, planted=0, n_layers=1, strength=1.0)
+    decodability(model, torch.arange(60), {"y": torch.arange(60) % 2}, threads=1, **FAST)
+    assert torch.get_num_threads() == before  # restored after the run
+
+
 def test_same_seed_same_report_other_seed_other_folds():
     n = 120
     y = torch.arange(n) % 2

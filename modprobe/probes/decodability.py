@@ -22,7 +22,7 @@ from .activations import (INPUT, POOLINGS, check_hooks, collect, default_hooks, 
                           n_examples)
 from .crossval import baseline_predictions, cross_validate
 from .folds import Splits, control_labels, nested_splits
-from .linear import ENGINES, fit_predict
+from .linear import ENGINES, fit_predict, free_cores
 from .mdl import online_code, transmission_order
 from .report import ProbeReport
 from .._stats import CORRECTIONS, adjust_pvalues
@@ -180,7 +180,7 @@ class _Run:
         self.scorer = _Scorer(config, splits, self.rows.unit, rngs[2])
         self.fit = partial(fit_predict, engine=config.engine, max_iter=config.max_iter,
                            tol=config.tol, device=config.device, progress=progress,
-                           threads=config.threads)
+                           threads=config.threads or free_cores())  # measured once a run
         self.order = transmission_order(self.rows.unit, rngs[3])
 
     def probe(self, kind: list[_Constituent]) -> list[dict[str, Any]]:

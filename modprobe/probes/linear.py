@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 from itertools import product
 from typing import Iterator, Sequence
@@ -74,13 +75,13 @@ def fit_predict(features: Sequence[torch.Tensor], splits: Sequence[Split], label
     return out
 
 
-def free_cores() -> int:
-    """CPU threads worth using now: the cores this process may run on, less the load other
-    processes put on them (the 1-minute load average), at least 1, at most torch's setting.
+def free_cores(sample: float = 0.1) -> int:
+    """CPU threads worth using now: the cores this process may run on that were idle over the
+    last ``sample`` seconds (from ``/proc/stat``; elsewhere the cores less the 1-minute load
+    average), at least 1, at most torch's setting. ``MODPROBE_THREADS`` overrides it.
 
     A torch (OpenMP) thread that waits for a busy core stalls every other thread at the next
-    barrier, so on a shared machine oversubscribed threads cost far more than they save.
-    ``MODPROBE_THREADS`` overrides the estimate."""
+    barrier, so on a shared machine oversubscribed threads cost far more than they save."""
     fixed = os.environ.get("MODPROBE_THREADS")
     if fixed:
         return max(1, int(fixed))
@@ -88,11 +89,33 @@ def free_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
+    idle = _idle_cores(sample)
+    if idle is None:
+        try:
+            idle = cores - os.getloadavg()[0]
+        except OSError:
+            idle = cores
+    return max(1, min(torch.get_num_threads(), cores, int(idle + 0.5)))
+
+
+def _idle_cores(sample: float) -> float | None:
+    """Cores the whole machine left idle over ``sample`` seconds (this process sleeps meanwhile,
+    so its own threads do not count as load), or None without ``/proc/stat``."""
+    def read() -> tuple[list[int], int]:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+        n_cpu = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+        return [int(v) for v in lines[0].split()[1:9]], n_cpu
+
     try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(torch.get_num_threads(), cores, int(cores - busy + 0.5)))
+        before, n_cpu = read()
+        time.sleep(sample)
+        after, _ = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    delta = [a - b for a, b in zip(after, before)]
+    total = sum(delta)
+    return n_cpu * (delta[3] + delta[4]) / total if total > 0 else None  # idle + iowait
 
 
 @contextlib.contextmanager
