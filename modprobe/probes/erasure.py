@@ -93,13 +93,13 @@ def erased(model: Any, *erasures: Erasure) -> Iterator[HookedModel]:
             h.remove()
 
 
-def random_erasure(erasure_fit_features: torch.Tensor, hook: str, rank: int,
+def random_erasure(features: torch.Tensor, hook: str, rank: int,
                    gen: torch.Generator) -> Erasure:
     """LEACE fitted to ``rank`` random orthonormal directions of the whitened features: the
     random-direction control of an eraser of that rank."""
     from concept_erasure import LeaceFitter
 
-    x = erasure_fit_features.double()
+    x = features.double()
     fitter = LeaceFitter.fit(x, x[:, :1])  # only for its (shrunk) covariance
     eigval, eigvec = torch.linalg.eigh(fitter.sigma_xx)
     keep = eigval > eigval[-1] * len(eigval) * torch.finfo(eigval.dtype).eps
