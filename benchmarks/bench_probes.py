@@ -8,14 +8,19 @@ rows; the script prints each engine's time and mean accuracy and the speed ratio
 >= 10x faster, mean accuracy within 1 point). ``--minilm`` uses real activations instead: the
 bundled MiniLM (embeddings + 6 blocks, mean-pooled) on templated sentences. ``--pipeline``
 also times the whole ``decodability`` run (nested CV over 7 C values, control tasks,
-permutations, bootstrap) with each engine.
+permutations, bootstrap) with each engine, side by side, and prints the ratio and the largest
+per-row accuracy difference (target: torch >= 4x sklearn within 1 point; both engines solve to
+the same tolerance, 1e-6, so equal accuracy means equal work done). ``--load N`` runs N other
+CPU-bound processes meanwhile (target there: >= 2x). Threads: each engine takes the cores free
+now (``modprobe.probes.linear.free_cores``) unless ``--threads`` pins them.
 
-    python benchmarks/bench_probes.py [--grid 3] [--threads 1] [--minilm] [--pipeline]
+    python benchmarks/bench_probes.py [--grid 3] [--threads 1] [--minilm] [--pipeline] [--load 1]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import time
 
 import numpy as np
@@ -126,14 +131,14 @@ def engines(feats, constituents, grid: int, seed: int) -> None:
           f"points; largest per-probe difference {100 * np.abs(a_to - a_sk).max():.2f} points")
 
 
-def pipeline(feats, constituents, seed: int) -> None:
+def pipeline(feats, constituents, seed: int, threads: int | None = None) -> None:
     """The whole ``decodability`` run with each engine: same seed, so same folds and controls."""
     model = _Planted(feats)
     reports, seconds = {}, {}
     for engine in ("sklearn", "torch"):
         start = time.perf_counter()
         reports[engine] = decodability(model, torch.arange(len(feats[0])), constituents,
-                                       engine=engine, seed=seed, progress=False,
+                                       engine=engine, seed=seed, progress=False, threads=threads,
                                        input_baseline=False)  # the inputs are indices
         seconds[engine] = time.perf_counter() - start
     print("\nfull decodability (nested 5 x 3 CV, 7 C values, control tasks, 1000 permutations, "
@@ -152,6 +157,25 @@ def pipeline(feats, constituents, seed: int) -> None:
     print("best layers:", report.best_layers(), f" decodability {report.decodability:.3f}")
 
 
+def _spin() -> None:
+    while True:  # a CPU-bound neighbour
+        sum(i * i for i in range(10000))
+
+
+@contextlib.contextmanager
+def _load(n: int):
+    """``n`` CPU-bound processes running for the duration of the block."""
+    procs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
@@ -164,6 +188,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pipeline", action="store_true",
                         help="also time the whole decodability() run with both engines")
+    parser.add_argument("--load", type=int, default=0,
+                        help="run this many CPU-bound processes alongside (contention)")
+    parser.add_argument("--skip-engines", action="store_true",
+                        help="skip the fixed-C engine comparison (with --pipeline)")
     parser.add_argument("--minilm", action="store_true",
                         help="real activations: the bundled MiniLM on templated sentences")
     args = parser.parse_args()
@@ -172,17 +200,21 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     limits = threadpool_limits(args.threads) if args.threads else contextlib.nullcontext()
-    print(f"threads: {args.threads or 'library defaults'} (torch {torch.get_num_threads()})")
+    from modprobe.probes.linear import free_cores
+
+    print(f"threads: {args.threads or f'free cores, now {free_cores()}'} "
+          f"(torch {torch.get_num_threads()}); {args.load} CPU-bound neighbour process(es)")
     if args.minilm:
         feats, labels = minilm(args.n, args.seed)
         print(f"MiniLM: {len(feats)} layers x {args.n} sentences x {feats[0].shape[1]} dims; "
               "constituents: subject noun (8), tense (3), number (2)")
     else:
         feats, labels = synthetic(args.n, args.dim, args.layers, args.seed)
-    with limits:
-        engines(feats, labels, args.grid, args.seed)
+    with limits, _load(args.load):
+        if not args.skip_engines:
+            engines(feats, labels, args.grid, args.seed)
         if args.pipeline:
-            pipeline(feats, labels, args.seed)
+            pipeline(feats, labels, args.seed, args.threads)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ _CONSTRAINTS = {
     "validation_fraction": _validate.Real(0, 1, high_open=True), "progress": _validate.Bool(),
     "necessity": _validate.OneOf(pruning.NECESSITY), "max_rounds": _validate.Int(1),
     "twin_check": _validate.Bool(), "verdict_rules": _validate.Instance(ablation.VerdictRules),
+    "probe_measure": _validate.Strings(), "erasure": _validate.Bool(),
+    "erasure_random": _validate.Int(1),
 }
 
 
@@ -68,6 +70,9 @@ class AnalysisConfig:
     performs the subroutine, the verdict says that sufficiency cannot separate finding a
     function from creating it (supermasks). ``verdict_rules``: the fixed thresholds of the
     verdicts (``ablation.VerdictRules``).
+    ``probe_measure``: what the probes report besides accuracy ("mdl": online codelength and
+    compression). ``erasure``: also erase every constituent at every probed hook with LEACE and
+    score each subroutine against ``erasure_random`` random-direction erasures of the same rank.
     """
 
     seed: int = 0
@@ -84,11 +89,14 @@ class AnalysisConfig:
     strategy: str = "zero"
     probe_cv: int = 5
     probe_hooks: tuple[str, ...] | None = None
+    probe_measure: tuple[str, ...] = ("accuracy", "mdl")
+    erasure: bool = False
+    erasure_random: int = 100
     validation_fraction: float = 0.25
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _validate.as_tuple(self, "mask_params", "mask_lambda", "probe_hooks")
+        _validate.as_tuple(self, "mask_params", "mask_lambda", "probe_hooks", "probe_measure")
         _validate.check(self, _CONSTRAINTS, {
             "mask_lambda": "e.g. 100 or the grid (1, 10, 100, 1000)",
             "n_random": "random controls give the p-values; use >= 80 for 2 subnetworks x 2 tasks",
@@ -198,14 +206,24 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     probe_report = _cached(store, "probes.json", lambda: probes.decodability(
         fitted, task.constituents, hooks=config.probe_hooks, cv=config.probe_cv,
         seed=config.seed, heldout=task.heldout_constituents, condition=label,
-        progress=config.progress),
+        measure=config.probe_measure, progress=config.progress),
         save=lambda rep, p: _write_stage(p, "probes", rep.to_dict()),
         load=lambda p: _read_stage(p, "probes", probes.ProbeReport.from_dict),
+        timings=timings)
+
+    erasure_report = None if not config.erasure else _cached(
+        store, "erasure.json", lambda: probes.erasure_effects(
+            fitted, tests, task.constituents, hooks=config.probe_hooks,
+            n_random=config.erasure_random, seed=config.seed),
+        save=lambda rep, p: _write_stage(p, "erasure", rep.to_dict()),
+        load=lambda p: _read_stage(p, "erasure", probes.ErasureReport.from_dict),
         timings=timings)
 
     _add_twin_evidence(ablation_report.isolation, twin, subnetworks)
     results = _results(hm, task, config, label, fit_result, subnetworks, ablation_report,
                        probe_report)
+    if erasure_report is not None:
+        results["erasure"] = erasure_report.to_dict()
     results["twin_check"] = twin
     results["timings"] = timings
     analysis = Analysis(results, subnetworks, Path(out) if out is not None else None)

@@ -88,6 +88,13 @@ def _analysis_sections(res: dict[str, Any], prefix: str) -> list[tuple[str, str]
         ("Probe selectivity", _probe_figure,
          "Linear decodability of each constituent at each hook point: accuracy (or R²) minus the "
          "control task's."),
+        ("Probe compression (MDL)", _mdl_figure,
+         "Online-code compression of each constituent's labels at each hook point: uniform "
+         "codelength / online codelength (1 = no better than the uniform code; in brackets: "
+         "the control task's)."),
+        ("Erasure effects", _erasure_figure,
+         "Metric drop of each subroutine when a constituent is erased (LEACE) at a hook point, "
+         "beyond erasing as many random directions (95% CIs; filled: significant after Holm)."),
     ]
     for heading, build, note in builders:
         fig = build(res)
@@ -230,19 +237,54 @@ def _random_distribution_figure(res: dict[str, Any]) -> go.Figure | None:
 
 
 def _probe_figure(res: dict[str, Any]) -> go.Figure | None:
+    return _probe_heatmap(res, "selectivity", "accuracy")
+
+
+def _mdl_figure(res: dict[str, Any]) -> go.Figure | None:
+    return _probe_heatmap(res, "compression", "control_compression")
+
+
+def _probe_heatmap(res: dict[str, Any], column: str, bracketed: str) -> go.Figure | None:
+    """Hook x constituent heatmap of probe row ``column``, each cell also showing ``bracketed``."""
     rows = (res.get("probes") or {}).get("rows") or []
-    rows = [r for r in rows if r.get("selectivity") is not None]
+    rows = [r for r in rows if r.get(column) is not None]
     if not rows:
         return None
     hooks = list(dict.fromkeys(r["hook"] for r in rows))
     consts = list(dict.fromkeys(r["constituent"] for r in rows))
     cell = {(r["hook"], r["constituent"]): r for r in rows}
-    z = [[cell[(h, c)]["selectivity"] if (h, c) in cell else None for h in hooks] for c in consts]
-    text = [[f"{cell[(h, c)]['selectivity']:.2f}<br>({cell[(h, c)]['accuracy']:.2f})"
-             if (h, c) in cell else "" for h in hooks] for c in consts]
+
+    def label(r: dict[str, Any]) -> str:
+        extra = f"<br>({r[bracketed]:.2f})" if r.get(bracketed) is not None else ""
+        return f"{r[column]:.2f}{extra}"
+
+    z = [[cell[(h, c)][column] if (h, c) in cell else None for h in hooks] for c in consts]
+    text = [[label(cell[(h, c)]) if (h, c) in cell else "" for h in hooks] for c in consts]
     fig = go.Figure(go.Heatmap(z=z, x=hooks, y=consts, colorscale="Viridis", text=text,
-                               texttemplate="%{text}", colorbar_title="selectivity"))
+                               texttemplate="%{text}", colorbar_title=column))
     fig.update_layout(height=120 + 60 * len(consts), xaxis_tickangle=-45, margin=dict(b=140))
+    return fig
+
+
+def _erasure_figure(res: dict[str, Any]) -> go.Figure | None:
+    rows = (res.get("erasure") or {}).get("rows") or []
+    if not rows:
+        return None
+    fig = go.Figure()
+    for i, sub in enumerate(dict.fromkeys(r["subroutine"] for r in rows)):
+        sel = [r for r in rows if r["subroutine"] == sub]
+        color = _COLORS[i % len(_COLORS)]
+        fig.add_bar(
+            name=sub, marker_color=[color if r.get("used") else "rgba(0,0,0,0)" for r in sel],
+            marker_line=dict(color=color, width=2),
+            x=[[r["constituent"] for r in sel], [r["hook"] for r in sel]],
+            y=[r["effect"] for r in sel],
+            error_y=dict(type="data", symmetric=False,
+                         array=[_nz(r.get("ci_high"), r["effect"]) - r["effect"] for r in sel],
+                         arrayminus=[r["effect"] - _nz(r.get("ci_low"), r["effect"])
+                                     for r in sel]))
+    fig.update_layout(barmode="group", height=450, xaxis_title="erased constituent / hook point",
+                      yaxis_title=f"{rows[0].get('metric', 'metric')} drop beyond random")
     return fig
 
 

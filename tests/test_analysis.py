@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _planted import planted_model, planted_task  # noqa: E402
 
 CONFIG = mp.AnalysisConfig(fit=FitConfig(finetune=False, epochs=20), mask_epochs=20, n_random=80,
-                           complement=False, probe_cv=3, progress=False)
+                           complement=False, probe_cv=3, erasure=True, erasure_random=40,
+                           progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +135,27 @@ def test_report_is_one_self_contained_file_with_every_figure(analysis):
     assert not re.search(r"<script[^>]+src=", text)  # nothing fetched from the network
     for heading in ["Verdict", "Mask density per layer", "Overlap between subnetworks",
                     "Subnetwork graph", "Ablation effects", "Random-control distribution",
-                    "Probe selectivity", "Configuration and versions"]:
+                    "Probe selectivity", "Probe compression (MDL)", "Erasure effects",
+                    "Configuration and versions"]:
         assert f"<h2>{heading}</h2>" in text
     assert text.index("<h2>Verdict</h2>") < text.index("<h2>Mask density per layer</h2>")
+
+
+def test_erasing_a_subroutines_own_constituent_hurts_it_beyond_random_directions(analysis):
+    """The planted task's constituents are the subroutines' own labels: erasing A's label where
+    branch A computes it must hurt A beyond random directions; erasing B's label must not."""
+    rows = analysis.results["erasure"]["rows"]
+    assert {(r["subroutine"], r["constituent"]) for r in rows} == {
+        (s, c) for s in "AB" for c in "AB"}
+    for sub, other in (("A", "B"), ("B", "A")):
+        own = max((r for r in rows if r["subroutine"] == sub and r["constituent"] == sub),
+                  key=lambda r: r["effect"])
+        assert own["used"] and own["effect"] > 0.1, own
+        assert not any(r["used"] for r in rows
+                       if r["subroutine"] == sub and r["constituent"] == other)
+    compression = {(r["hook"], r["constituent"]): r["compression"]
+                   for r in analysis.results["probes"]["rows"]}
+    assert max(compression.values()) > 1.2
 
 
 def test_report_renders_in_a_real_browser(analysis):
@@ -150,8 +169,8 @@ def test_report_renders_in_a_real_browser(analysis):
          f"--user-data-dir={tempfile.mkdtemp()}", "--virtual-time-budget=20000", "--dump-dom",
          (analysis.out / "report.html").as_uri()],
         capture_output=True, text=True, timeout=120).stdout
-    assert dom.count('class="plot-container plotly"') == 6  # six figures drawn by plotly.js
-    assert dom.count("main-svg") >= 6
+    assert dom.count('class="plot-container plotly"') == 8  # eight figures drawn by plotly.js
+    assert dom.count("main-svg") >= 8
 
 
 def test_cli_report_rerenders_from_results_json(analysis, capsys):

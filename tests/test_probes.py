@@ -215,17 +215,90 @@ def test_torch_and_sklearn_engines_predict_alike_on_the_same_folds():
     assert all(torch.allclose(a, b, atol=1e-3) for a, b in zip(*ridge))
 
 
-def test_engines_agree_within_two_points_end_to_end():
-    n = 240
-    y = torch.arange(n) % 3
-    model = _noise_with_code(n, 24, y, planted=1, n_layers=2, strength=0.35, seed=8)
-    options = dict(FAST, c_grid=(0.1, 1.0), input_baseline=False)
-    reports = [decodability(model, torch.arange(n), {"y": y}, engine=e, **options)
+def _anisotropic_planted(n=600, dim=64, seed=0):
+    """Correlated features (covariance spectrum over 3 decades, as real activations have) with
+    two weak linear codes at layer 0 and none at layer 1."""
+    g = _gen(seed)
+    a, b = torch.randint(0, 4, (n,), generator=g), torch.randint(0, 2, (n,), generator=g)
+    mixing = torch.linalg.qr(torch.randn(dim, dim, generator=g))[0] * torch.logspace(0, -1.5, dim)
+    code = (torch.randn(n, dim, generator=g) @ mixing.T
+            + 0.04 * torch.randn(4, dim, generator=g)[a] + 0.03 * torch.randn(2, dim, generator=g)[b])
+    return Stored([code, torch.randn(n, dim, generator=g) @ mixing.T]), {"a": a, "b": b}
+
+
+def test_engines_agree_within_one_point_on_every_row_including_near_chance():
+    """Weakly penalised probes on correlated features converge slowly: at the old tolerance
+    (1e-4) scikit-learn stopped 3 points short of the optimum where the torch engine did not;
+    both now solve to tol=1e-6 and land on the same optimum."""
+    model, labels = _anisotropic_planted()
+    options = dict(FAST, c_grid=(0.01, 1.0, 100.0), input_baseline=False, measure="mdl")
+    reports = [decodability(model, torch.arange(600), labels, engine=e, **options)
                for e in ("torch", "sklearn")]
     for a, b in zip(*(r.rows for r in reports)):
-        assert abs(a["accuracy"] - b["accuracy"]) <= 0.02
-        assert abs(a["control_accuracy"] - b["control_accuracy"]) <= 0.02
-    assert 0.5 < _by_hook(reports[0], "y")["layers.1"] < 0.95  # a probe that is not trivial
+        assert abs(a["accuracy"] - b["accuracy"]) <= 0.01, (a, b)
+        assert abs(a["control_accuracy"] - b["control_accuracy"]) <= 0.01, (a, b)
+        assert a["compression"] == pytest.approx(b["compression"], rel=0.02)
+    acc = {(r["hook"], r["constituent"]): r["accuracy"] for r in reports[0].rows}
+    assert acc["layers.0", "a"] > 0.6 and acc["layers.0", "b"] > 0.6  # decodable rows
+    assert acc["layers.1", "a"] < 0.35 and acc["layers.1", "b"] < 0.6  # near-chance rows
+
+
+# ----------------------------------------------------------------- description length
+def test_mdl_compresses_a_planted_code_and_not_noise_or_the_control_task():
+    n = 400
+    y = torch.arange(n) % 4
+    model = _noise_with_code(n, 16, y, planted=1, n_layers=3, strength=1.0)
+    report = decodability(model, torch.arange(n), {"y": y}, measure=("accuracy", "mdl"),
+                          input_baseline=False, **FAST)
+    rows = {r["hook"]: r for r in report.rows}
+    assert rows["layers.1"]["uniform_codelength"] == pytest.approx(n * 2.0)  # log2(4) bits each
+    assert rows["layers.1"]["compression"] > 4
+    assert rows["layers.1"]["codelength"] == pytest.approx(
+        rows["layers.1"]["uniform_codelength"] / rows["layers.1"]["compression"])
+    for hook in ("layers.0", "layers.2"):  # noise: no shorter than the uniform code, nearly
+        assert 0.85 < rows[hook]["compression"] < 1.05
+    assert all(r["control_compression"] < 1.05 for r in rows.values())
+
+
+def test_mdl_separates_codes_that_accuracy_cannot():
+    """Two layers where a probe on all the data decodes perfectly; one needs many examples to
+    learn (the code hides in one of many noisy dimensions), so its online code is longer."""
+    n = 400
+    y = torch.arange(n) % 2
+    g = _gen(12)
+    easy = torch.randn(n, 64, generator=g) + 6.0 * (2 * y[:, None] - 1) * torch.ones(64) / 8
+    hard = torch.randn(n, 64, generator=g)
+    hard[:, 0] += 6.0 * (2 * y - 1)
+    report = decodability(Stored([easy, hard]), torch.arange(n), {"y": y}, measure="mdl",
+                          input_baseline=False, control=False, **FAST)
+    easy_row, hard_row = report.rows
+    assert easy_row["accuracy"] > 0.97 and hard_row["accuracy"] > 0.97
+    assert easy_row["compression"] > 1.3 * hard_row["compression"]
+
+
+def test_online_code_blocks_follow_the_standard_schedule():
+    from modprobe.probes.mdl import block_ends, transmission_order
+
+    assert block_ends(2000) == [2, 4, 8, 16, 32, 64, 125, 250, 500, 1000, 2000]
+    assert block_ends(30) == list(range(1, 10)) + [15, 30]  # at least one row per block
+    unit = np.repeat(np.arange(5), 3)
+    order = transmission_order(unit, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(15))
+    assert all(len(set(unit[order[i:i + 3]].tolist())) == 1 for i in range(0, 15, 3))
+
+
+def test_threads_come_from_the_free_cores_or_the_user(monkeypatch):
+    from modprobe.probes.linear import free_cores
+
+    assert 1 <= free_cores(sample=0.05) <= torch.get_num_threads()
+    monkeypatch.setenv("MODPROBE_THREADS", "3")
+    assert free_cores() == 3
+    with pytest.raises(ValueError, match="threads"):
+        ProbeConfig(threads=0)
+    before = torch.get_num_threads()
+    model = _noise_with_code(60, 4, torch.arange(60) % 2, planted=0, n_layers=1, strength=1.0)
+    decodability(model, torch.arange(60), {"y": torch.arange(60) % 2}, threads=1, **FAST)
+    assert torch.get_num_threads() == before  # restored after the run
 
 
 def test_same_seed_same_report_other_seed_other_folds():

@@ -3,6 +3,8 @@
 ``decodability(model, inputs, {name: labels})`` -> :class:`ProbeReport`.
 """
 from .decodability import ProbeConfig, decodability
+from .erasure import Erasure, ErasureReport, erase, erased, erasure_effects
 from .report import ProbeReport
 
-__all__ = ["ProbeConfig", "ProbeReport", "decodability"]
+__all__ = ["Erasure", "ErasureReport", "ProbeConfig", "ProbeReport", "decodability", "erase",
+           "erased", "erasure_effects"]

@@ -23,11 +23,15 @@ from .activations import (INPUT, POOLINGS, check_hooks, collect, default_hooks, 
                           n_examples)
 from .crossval import baseline_predictions, cross_validate
 from .folds import Splits, control_labels, nested_splits
-from .linear import ENGINES, fit_predict
+from .linear import ENGINES, fit_predict, free_cores
+from .mdl import online_code, transmission_order
 from .report import ProbeReport
 from .._stats import CORRECTIONS, adjust_pvalues
 from .._validate import Bool, Device, Int, OneOf, Real, as_tuple, check
 from .stats import bootstrap_ci, permutation_pvalue, score
+
+
+MEASURES = ("accuracy", "mdl")
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,10 @@ class ProbeConfig:
     ``n_bootstrap``: 0 turns p-values / intervals off; ``correction``: "holm", "bh" or None;
     ``input_baseline``: add the probe on the raw inputs (row ``hook="input"``), whose features
     are capped at ``max_input_dim`` by a fixed random projection; ``device``: the torch engine's
-    device (default: CUDA when available).
+    device (default: CUDA when available). ``measure``: "accuracy" (always computed; a name
+    or a tuple of names) and optionally "mdl": the online codelength and compression of :mod:`.mdl` for discrete
+    constituents, on the real and the control labels. ``threads``: CPU threads of either engine
+    (None: the cores free now, see :func:`.linear.free_cores`; ``MODPROBE_THREADS`` sets it too).
     """
 
     pooling: str = "mean"
@@ -58,11 +65,15 @@ class ProbeConfig:
     input_baseline: bool = True
     max_input_dim: int = 4096
     batch_size: int = 64
-    max_iter: int = 200
-    tol: float = 1e-4
+    max_iter: int = 1000
+    tol: float = 1e-6
     device: str | None = None
+    measure: tuple[str, ...] = ("accuracy",)
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        measure = (self.measure,) if isinstance(self.measure, str) else tuple(self.measure)
+        object.__setattr__(self, "measure", tuple(dict.fromkeys(("accuracy", *measure))))
         as_tuple(self, "c_grid", "alpha_grid", scalars=True)
         check(self, {"pooling": OneOf(POOLINGS), "cv": Int(2), "inner_cv": Int(2),
                      "control": Bool(), "seed": Int(0), "engine": OneOf(ENGINES),
@@ -71,8 +82,13 @@ class ProbeConfig:
                      "n_permutations": Int(0), "n_bootstrap": Int(0), "ci": Real(0, 1, True, True),
                      "correction": OneOf(CORRECTIONS, none=True), "input_baseline": Bool(),
                      "max_input_dim": Int(1), "batch_size": Int(1), "max_iter": Int(1),
-                     "tol": Real(0, low_open=True), "device": Device()},
+                     "tol": Real(0, low_open=True), "device": Device(),
+                     "threads": Int(1, none=True)},
               {"cv": "cross-validation needs at least 2 folds", "ci": "e.g. 0.95"})
+        unknown = sorted(set(self.measure) - set(MEASURES))
+        if unknown:
+            raise ValueError(f"ProbeConfig.measure has unknown measures {unknown}; choose among "
+                             f"{MEASURES}, e.g. ('accuracy', 'mdl')")
 
 
 @dataclass
@@ -126,7 +142,7 @@ def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None
     if INPUT not in hooks and config.input_baseline:
         hooks = [INPUT, *hooks]
     sets = _rows(config, hm, hooks, [data] if held is None else [data, held], progress)
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(3)]
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(4)]
     splits = nested_splits(sets[0].unit, _strata(parts, sets[0]), config.cv, config.inner_cv,
                            rngs[0], "groups" if data.groups is not None else "examples")
     run = _Run(config, hooks, sets, splits, rngs, condition, progress)
@@ -160,7 +176,9 @@ class _Run:
         self.control_rng = rngs[1]
         self.scorer = _Scorer(config, splits, self.rows.unit, rngs[2])
         self.fit = partial(fit_predict, engine=config.engine, max_iter=config.max_iter,
-                           tol=config.tol, device=config.device, progress=progress)
+                           tol=config.tol, device=config.device, progress=progress,
+                           threads=config.threads or free_cores())  # measured once a run
+        self.order = transmission_order(self.rows.unit, rngs[3])
 
     def probe(self, kind: list[_Constituent]) -> list[dict[str, Any]]:
         """Rows for constituents that are all discrete or all continuous."""
@@ -182,6 +200,9 @@ class _Run:
                 else sorted(self.config.alpha_grid, reverse=True))  # strongest penalty first
         result = cross_validate(self.features, labels, n_classes, self.splits,
                                 self.heldout_split, grid, self.fit)
+        mdl = "mdl" in self.config.measure
+        code = (online_code(self.features, labels, n_classes, self.order, grid, self.fit)
+                if mdl and discrete else None)
         out = []
         for h, hook in enumerate(self.hooks):
             for i, c in enumerate(kind):
@@ -195,8 +216,23 @@ class _Run:
                     c.heldout[held.example] if c.heldout is not None else None,
                     real[i], held, discrete))
                 row["regularization"] = float(result.reg[h, i])
+                if mdl:
+                    row.update(_mdl_columns(code, h, i, len(kind) + i if controls else None))
                 out.append(row)
         return out
+
+
+def _mdl_columns(code, h: int, i: int, control: int | None) -> dict[str, Any]:
+    """Online codelength (bits), uniform codelength and compression of one row (None for a
+    continuous constituent), and the same compression on the control task."""
+    if code is None:
+        return dict(codelength=None, uniform_codelength=None, compression=None,
+                    control_compression=None)
+    return dict(codelength=float(code.codelength[h, i]),
+                uniform_codelength=float(code.uniform[i]),
+                compression=float(code.compression[h, i]),
+                control_compression=(float(code.compression[h, control])
+                                     if control is not None else None))
 
 
 # --------------------------------------------------------------------- inputs and labels

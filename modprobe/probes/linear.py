@@ -16,6 +16,8 @@ scikit-learn's objective ``C * sum(cross-entropy) + |W|^2 / 2``; continuous labe
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 import warnings
 from itertools import product
 from typing import Iterator, Sequence
@@ -34,17 +36,25 @@ _SMALL_WORK = 10 ** 8  # multiply-adds per pass below which a chunk runs on one 
 
 def fit_predict(features: Sequence[torch.Tensor], splits: Sequence[Split], labels: torch.Tensor,
                 n_classes: Sequence[int] | None, reg: np.ndarray, *, engine: str = "torch",
-                max_iter: int = 200, tol: float = 1e-4, device: str | None = None,
-                progress: bool = False, desc: str = "probes") -> list[list[torch.Tensor]]:
+                max_iter: int = 1000, tol: float = 1e-6, device: str | None = None,
+                progress: bool = False, desc: str = "probes", output: str = "predict",
+                threads: int | None = None) -> list[list[torch.Tensor]]:
     """Predictions of every probe on its split's evaluation rows: ``out[h][s]`` is
     ``(n_eval, L, G)``.
 
     ``features[h]``: (R, D) rows of hook h; ``splits[s]``: (training rows, evaluation rows);
     ``labels``: (L, R) class ids in ``0..n_classes[l]-1``, or floats when ``n_classes`` is None;
     ``reg``: (H, S, L, G) the C (logistic) or alpha (ridge) of every probe.
+    ``output="nll"`` (logistic only): the negative log-likelihood in nats of each evaluation
+    row's true label instead of the predicted class (``inf`` where sklearn never saw that class).
+    ``threads``: CPU threads of either engine (None: :func:`free_cores`).
     """
+    if output not in ("predict", "nll") or (output == "nll" and n_classes is None):
+        raise ValueError(f"output must be 'predict', or 'nll' for class labels; got {output!r}")
+    threads = threads or free_cores()
     if engine == "sklearn":
-        return _sklearn(features, splits, labels, n_classes, reg, max_iter, tol, progress, desc)
+        return _sklearn(features, splits, labels, n_classes, reg, max_iter, tol, progress, desc,
+                        output, threads)
     if engine != "torch":
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -52,17 +62,60 @@ def fit_predict(features: Sequence[torch.Tensor], splits: Sequence[Split], label
     stuck = 0
     for pairs, work in tqdm(_chunks(features, splits, labels, n_classes, reg), desc=desc,
                             disable=not progress, leave=False):
-        with _threads(1 if dev.type == "cpu" and work < _SMALL_WORK else None):
+        with _threads(1 if dev.type == "cpu" and work < _SMALL_WORK else threads):
             if n_classes is None:
                 preds = _ridge_chunk(pairs, features, splits, labels, reg, dev)
             else:
                 preds, unconverged = _logistic_chunk(pairs, features, splits, labels, n_classes,
-                                                     reg, dev, max_iter, tol)
+                                                     reg, dev, max_iter, tol, output)
                 stuck += unconverged
         for (h, s), pred in zip(pairs, preds):
             out[h][s] = pred
     _warn_unconverged(stuck, max_iter)
     return out
+
+
+def free_cores(sample: float = 0.1) -> int:
+    """CPU threads worth using now: the cores this process may run on that were idle over the
+    last ``sample`` seconds (from ``/proc/stat``; elsewhere the cores less the 1-minute load
+    average), at least 1, at most torch's setting. ``MODPROBE_THREADS`` overrides it.
+
+    A torch (OpenMP) thread that waits for a busy core stalls every other thread at the next
+    barrier, so on a shared machine oversubscribed threads cost far more than they save."""
+    fixed = os.environ.get("MODPROBE_THREADS")
+    if fixed:
+        return max(1, int(fixed))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    idle = _idle_cores(sample)
+    if idle is None:
+        try:
+            idle = cores - os.getloadavg()[0]
+        except OSError:
+            idle = cores
+    return max(1, min(torch.get_num_threads(), cores, int(idle + 0.5)))
+
+
+def _idle_cores(sample: float) -> float | None:
+    """Cores the whole machine left idle over ``sample`` seconds (this process sleeps meanwhile,
+    so its own threads do not count as load), or None without ``/proc/stat``."""
+    def read() -> tuple[list[int], int]:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+        n_cpu = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+        return [int(v) for v in lines[0].split()[1:9]], n_cpu
+
+    try:
+        before, n_cpu = read()
+        time.sleep(sample)
+        after, _ = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    delta = [a - b for a, b in zip(after, before)]
+    total = sum(delta)
+    return n_cpu * (delta[3] + delta[4]) / total if total > 0 else None  # idle + iowait
 
 
 @contextlib.contextmanager
@@ -71,7 +124,7 @@ def _threads(n: int | None) -> Iterator[None]:
     batches run on one thread: there, every operation that wakes a second thread costs more
     than it saves, and on a busy shared machine (a thread waiting for a core) far more."""
     before = torch.get_num_threads()
-    if n is None or n >= before:
+    if n is None or n == before:
         yield
         return
     torch.set_num_threads(n)
@@ -161,7 +214,8 @@ def _ridge_chunk(pairs, features, splits, labels, reg, dev) -> list[torch.Tensor
     return [pred[b, :len(splits[s][1])].float().cpu() for b, (_, s) in enumerate(pairs)]
 
 
-def _logistic_chunk(pairs, features, splits, labels, n_classes, reg, dev, max_iter, tol):
+def _logistic_chunk(pairs, features, splits, labels, n_classes, reg, dev, max_iter, tol,
+                    output="predict"):
     x, mask, rows, x_ev = _standardised(pairs, features, splits, dev, torch.float32)
     ones = mask.to(x.dtype).unsqueeze(-1)
     x = torch.cat([x * ones, ones], dim=2)  # last column: the intercept
@@ -181,14 +235,23 @@ def _logistic_chunk(pairs, features, splits, labels, n_classes, reg, dev, max_it
     y = labels[:, rows].permute(1, 2, 0)[:, :, set_of]
     theta, stuck = solver.logistic(x, w, y.to(dev), k.to(dev), lam.to(dev),
                                    solver.spectrum(x[:, :, :-1], w), max_iter, tol)
-    best = solver.predict(x_ev, theta, k.to(dev)).cpu().view(len(pairs), -1, n_sets, n_reg)
+    if output == "nll":
+        evaluate = [torch.as_tensor(splits[s][1]) for _, s in pairs]
+        y_ev = torch.zeros(len(pairs), x_ev.shape[1], n_sets, dtype=torch.long)
+        for b, rows_ev in enumerate(evaluate):
+            y_ev[b, :len(rows_ev)] = labels[:, rows_ev].T
+        best = solver.nll(x_ev, theta, k.to(dev), y_ev[:, :, set_of].to(dev))
+    else:
+        best = solver.predict(x_ev, theta, k.to(dev))
+    best = best.cpu().view(len(pairs), -1, n_sets, n_reg)
     pred = torch.empty_like(best)
     pred[:, :, order] = best
     return [pred[i, :len(splits[s][1])] for i, (_, s) in enumerate(pairs)], stuck
 
 
 # --------------------------------------------------------------------- sklearn engine
-def _sklearn(features, splits, labels, n_classes, reg, max_iter, tol, progress, desc):
+def _sklearn(features, splits, labels, n_classes, reg, max_iter, tol, progress, desc,
+             output="predict", threads=1):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.preprocessing import StandardScaler
@@ -200,7 +263,7 @@ def _sklearn(features, splits, labels, n_classes, reg, max_iter, tol, progress, 
     work = (max(len(train) for train, _ in splits) * max(f.shape[1] for f in features)
             * (sum(n_classes) if n_classes else n_sets))
     stuck = 0
-    with threadpool_limits(1) if work < _SMALL_WORK else contextlib.nullcontext():  # as _threads
+    with threadpool_limits(1 if work < _SMALL_WORK else threads):  # as _threads
         for h, s in tqdm(list(product(range(len(features)), range(len(splits)))), desc=desc,
                          disable=not progress, leave=False):
             train, evaluate = splits[s]
@@ -213,14 +276,22 @@ def _sklearn(features, splits, labels, n_classes, reg, max_iter, tol, progress, 
                 if n_classes is None:
                     pred[:, l, g] = Ridge(alpha=reg[h, s, l, g]).fit(x_tr, y).predict(x_ev)
                 elif len(np.unique(y)) < 2:
-                    pred[:, l, g] = y[0]
+                    pred[:, l, g] = y[0] if output == "predict" else np.where(
+                        y_all[l, evaluate] == y[0], 0.0, np.inf)
                 else:
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always", ConvergenceWarning)
                         model = LogisticRegression(C=reg[h, s, l, g], max_iter=max_iter, tol=tol)
-                        pred[:, l, g] = model.fit(x_tr, y).predict(x_ev)
+                        model.fit(x_tr, y)
                     stuck += any(issubclass(c.category, ConvergenceWarning) for c in caught)
-            out[h][s] = torch.as_tensor(pred, dtype=torch.float32 if n_classes is None
-                                        else torch.long)
+                    if output == "predict":
+                        pred[:, l, g] = model.predict(x_ev)
+                    else:  # classes never seen in training have probability 0
+                        logp = np.full((len(evaluate), n_classes[l]), -np.inf)
+                        with np.errstate(divide="ignore"):  # log(0): a certain mistake
+                            logp[:, model.classes_] = model.predict_log_proba(x_ev)
+                        pred[:, l, g] = -logp[np.arange(len(evaluate)), y_all[l, evaluate]]
+            out[h][s] = torch.as_tensor(pred, dtype=torch.long if output == "predict" and n_classes
+                                        else torch.float32)
     _warn_unconverged(stuck, max_iter)
     return out

@@ -8,7 +8,8 @@ from .._results import Report, format_table
 from .activations import INPUT
 
 _TABLE = ("condition", "hook", "constituent", "metric", "accuracy", "ci_low", "ci_high",
-          "control_accuracy", "selectivity", "baseline", "p_adjusted", "heldout_accuracy")
+          "control_accuracy", "selectivity", "compression", "control_compression", "baseline",
+          "p_adjusted", "heldout_accuracy")
 
 
 @dataclass
@@ -21,7 +22,10 @@ class ProbeReport(Report):
     ``ci_high``, ``control_accuracy`` and ``selectivity = accuracy - control_accuracy`` (None
     without a control task), ``baseline`` (majority class / training mean), ``p_value`` and
     ``p_adjusted``, ``heldout_accuracy`` with its interval and ``heldout_baseline`` (None without
-    held-out combinations), and the chosen ``regularization`` (C, or alpha for ridge).
+    held-out combinations), and the chosen ``regularization`` (C, or alpha for ridge). With
+    ``measure="mdl"``: ``codelength`` (online code, bits), ``uniform_codelength``,
+    ``compression`` (their ratio, uniform / online) and ``control_compression`` (None for
+    continuous constituents).
     ``configs`` holds each condition's settings. Reports of several conditions concatenate.
     """
 

@@ -169,6 +169,18 @@ def predict(x: torch.Tensor, theta: torch.Tensor, k: torch.Tensor) -> torch.Tens
                       for classes, q0, q1, c0 in _groups(k)], dim=2)
 
 
+def nll(x: torch.Tensor, theta: torch.Tensor, k: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood in nats (b, m, Q) of class ids ``y`` (b, m, Q) under every problem's
+    softmax, for rows x (b, m, D1)."""
+    z = torch.bmm(x, theta.transpose(1, 2))
+    b, m, _ = z.shape
+    out = []
+    for classes, q0, q1, c0 in _groups(k):
+        zg = z[:, :, c0:c0 + (q1 - q0) * classes].view(b, m, q1 - q0, classes)
+        out.append(torch.logsumexp(zg, -1) - zg.gather(-1, y[:, :, q0:q1, None]).squeeze(-1))
+    return torch.cat(out, dim=2)
+
+
 def _groups(k: torch.Tensor) -> list[tuple[int, int, int, int]]:
     """Runs of problems with equal class counts: (classes, first problem, end, first column)."""
     groups, start, column = [], 0, 0
