@@ -41,7 +41,8 @@ def check_schema(results):
         assert isinstance(results[key], kind), key
     assert set(results["scalars"]) == {"task_metric", "density", "isolation", "decodability"}
     assert {"text", "isolated", "verdicts", "evidence"} <= set(results["verdict"])
-    assert set(results["timings"]) == {"fit", "masks", "twin", "ablation", "probes"}
+    stages = {"fit", "masks", "twin", "ablation", "probes"}
+    assert set(results["timings"]) == stages | ({"erasure"} if results["config"]["erasure"] else set())
     for sub in results["subnetworks"].values():
         assert 0 <= sub["density"] <= 1 and all(0 <= d <= 1 for d in sub["densities"].values())
     for row in results["ablation"]["rows"]:
