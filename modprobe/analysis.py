@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from . import _io, ablation, probes, pruning, tasks
 from ._results import format_table
-from .fitting import FitConfig, FitResult, Readout, fit
+from .fitting import FitConfig, FitResult, Readout, competence, fit, reading_model
 from .models import HookedModel, load_model
 from .report import write_report
 from .subroutine import Subroutine
@@ -46,6 +46,7 @@ class AnalysisConfig:
     the training.
     ``n_random``: random controls per subnetwork; with 2 subnetworks x 2 tasks at least 80 are
     needed before Holm-corrected empirical p-values can fall below 0.05.
+    ``fit``: a :class:`FitConfig`, or just its mode: ``"finetune"``, ``"head"`` or ``"as_is"``.
     """
 
     seed: int = 0
@@ -60,6 +61,10 @@ class AnalysisConfig:
     probe_hooks: tuple[str, ...] | None = None
     validation_fraction: float = 0.25
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fit, str):
+            object.__setattr__(self, "fit", FitConfig(mode=self.fit, seed=self.seed))
 
     @classmethod
     def quick(cls, seed: int = 0, **overrides: Any) -> "AnalysisConfig":
@@ -93,7 +98,8 @@ class Analysis:
 
     def summary(self) -> str:
         """The verdict, its evidence as a terminal table, and where the report is."""
-        lines = [self.verdict, "", format_table(self.results["verdict"]["evidence"])]
+        evidence = self.results["verdict"]["evidence"]
+        lines = [self.verdict] + (["", format_table(evidence)] if evidence else [])
         if self.out is not None:
             lines += ["", f"report: {self.out / 'report.html'}"]
         return "\n".join(lines)
@@ -110,7 +116,8 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     config = config or AnalysisConfig()
     hm = load_model(model)
     if isinstance(task, str):
-        task = tasks.load(task, seed=config.seed)
+        task = tasks.load(task, seed=config.seed, model=hm)
+    tasks.check_model(task, hm)
     mask_config = pruning.MaskConfig(params=config.mask_params, epochs=config.mask_epochs,
                                      l0_lambda=config.mask_lambda, seed=config.seed)
     store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
@@ -167,10 +174,9 @@ def _fit_stage(hm: HookedModel, task: Any, config: AnalysisConfig, store: "_Stor
     if store is not None and store.done("fit.json"):
         saved = json.loads(store.path("fit.json").read_text())
         result = FitResult(**saved["result"])
-        fitted, readout = hm, None
+        fitted, readout = reading_model(hm, result), None
         if result.finetuned:
-            fitted = HookedModel(copy.deepcopy(hm.module), tokenizer=hm.tokenizer,
-                                 output=hm.output)
+            fitted = fitted.with_module(copy.deepcopy(hm.module))
             _load_parameters(fitted, store.root / "model" / "backbone.safetensors")
         if saved["readout"] is not None:
             readout = Readout(**saved["readout"])
@@ -224,7 +230,8 @@ def _results(hm: HookedModel, task: Any, config: AnalysisConfig, label: str, fit
         "fit": fit_result.to_dict(), "subnetworks": subs,
         "ablation": ablation_report.to_dict(), "probes": probe_report.to_dict(),
         "scalars": scalars,
-        "verdict": _verdict(ablation_report.isolation, probe_report, label, fit_result),
+        "verdict": _verdict(ablation_report.isolation, probe_report, label, fit_result,
+                            task.competence_threshold),
     }
 
 
@@ -244,7 +251,11 @@ def _isolation_scalar(isolation: list[dict[str, Any]]) -> float | None:
 
 
 def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
-             fit_result: FitResult) -> dict[str, Any]:
+             fit_result: FitResult, threshold: float) -> dict[str, Any]:
+    gate = competence(fit_result, threshold=threshold)
+    if not gate["competent"]:
+        return {"text": gate["text"], "isolated": {e["subnetwork"]: None for e in isolation},
+                "evidence": [], "competence": gate}
     judged = [e for e in isolation if e["isolated"] is not None]
     isolated = [e["subnetwork"] for e in judged if e["isolated"]]
     if not judged:
@@ -273,7 +284,7 @@ def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
                  "isolated": e["isolated"], "effect_on_target": e["effect_target"],
                  "p_holm": e["p_target_holm"], "reason": e["reason"]} for e in isolation]
     return {"text": text, "isolated": {e["subnetwork"]: e["isolated"] for e in isolation},
-            "evidence": evidence}
+            "evidence": evidence, "competence": gate}
 
 
 def package_versions() -> dict[str, str]:
