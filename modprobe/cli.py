@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -11,7 +12,8 @@ from typing import Any
 _EXAMPLES = """examples:
   modprobe demo                                            # MiniLM vs random init, language task
   modprobe analyze --model minilm --task language --out runs/x --quick
-  modprobe analyze --model path/to/hf_dir --task language --out runs/hf
+  modprobe analyze --model path/to/hf_dir --task language --out runs/hf   # its own tokenizer
+  modprobe analyze --model-factory mypkg.models:build --task hyperteacher --fit as_is --out runs/a
   modprobe analyze --model-factory mypkg.models:build --task vision --out runs/mine
   modprobe compare --model minilm --task language --seeds 0 1 2 --out runs/cmp
   modprobe report runs/x                                   # re-render runs/x/report.html
@@ -39,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--n-random", type=int, default=None, help="random controls per subnetwork")
         p.add_argument("--mask-params", nargs="+", default=None, metavar="GLOB",
                        help="parameters to mask, e.g. 'blocks.*.mlp.*.weight'")
+        p.add_argument("--fit", choices=("finetune", "head", "as_is"), default=None,
+                       help="stage 1: finetune (default: a head and a fine-tuned copy), head (a "
+                       "head on the frozen model), as_is (the model exactly as it is)")
 
     analyze = sub.add_parser("analyze", help="analyse one model on one task",
                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXAMPLES)
@@ -85,18 +90,24 @@ def _config(args: argparse.Namespace) -> Any:
         overrides["n_random"] = args.n_random
     if args.mask_params:
         overrides["mask_params"] = tuple(args.mask_params)
-    if args.quick:
-        return AnalysisConfig.quick(seed=args.seed, **overrides)
-    return AnalysisConfig(seed=args.seed, **overrides)
+    config = (AnalysisConfig.quick(seed=args.seed, **overrides) if args.quick
+              else AnalysisConfig(seed=args.seed, **overrides))
+    if args.fit:
+        config = dataclasses.replace(config, fit=dataclasses.replace(config.fit, mode=args.fit))
+    return config
 
 
-def _task(name: str, seed: int, quick: bool) -> Any:
+def _task(name: str, seed: int, quick: bool, model: Any = None) -> Any:
+    """Task family ``name``; a tokenized family uses ``model``'s own tokenizer."""
     from . import tasks
 
     if name not in tasks.names():
         raise SystemExit(f"unknown task {name!r}; choose one of {tasks.names()}")
     sizes = dict(n_train=384, n_test=128) if quick else {}
-    return tasks.load(name, seed=seed, **sizes)
+    try:
+        return tasks.load(name, seed=seed, model=model, **sizes)
+    except (ValueError, ImportError) as err:
+        raise SystemExit(str(err)) from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(run_demo(args.out, seeds=tuple(args.seeds)).summary())
         return 0
     model, config = _load(args), _config(args)
-    task = _task(args.task, args.seed, args.quick)
+    task = _task(args.task, args.seed, args.quick, model)
     if args.command == "analyze":
         from .analysis import analyze
 

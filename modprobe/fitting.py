@@ -166,7 +166,7 @@ def fit(model: HookedModel, composite_train: Subroutine, composite_test: Subrout
     finetune = config.mode == "finetune"
     own_head = finetune and fits_raw  # fine-tune the model's own output, no new head
     reading = own if own_head else _reading(model, composite_train, config)
-    reader = model.with_output(reading["output"], reading["pool"])
+    reader = reading_model(model, reading)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         readout = None if own_head else _make_readout(reader, composite_train, n_outputs)
@@ -182,11 +182,12 @@ def fit(model: HookedModel, composite_train: Subroutine, composite_test: Subrout
                                    as_is=as_is)
 
 
-def reading_model(model: HookedModel, result: FitResult) -> HookedModel:
-    """``model`` read the way stage 1 read it (``result.reading``), sharing its module."""
-    if not result.reading:
+def reading_model(model: HookedModel, result: FitResult | dict[str, Any]) -> HookedModel:
+    """``model`` read the way stage 1 read it (a result's ``reading``), sharing its module."""
+    reading = result.reading if isinstance(result, FitResult) else result
+    if not reading or (reading["output"], reading["pool"]) == (model.output, model.pool):
         return model
-    return model.with_output(result.reading["output"], result.reading["pool"])
+    return model.with_output(reading["output"], reading["pool"])
 
 
 def competence(fit_result: FitResult | dict[str, Any], chance: float | None = None,
