@@ -114,8 +114,9 @@ class HookedModel:
     @property
     def vocab_size(self) -> int | None:
         """Rows of the input embedding of a token model (``None`` when it has none)."""
-        hf = self.module.original_model if self.is_bridge else self.module
-        get = getattr(hf, "get_input_embeddings", None)
+        if self.is_bridge:
+            return int(self.module.cfg.d_vocab)
+        get = getattr(self.module, "get_input_embeddings", None)
         embedding = get() if callable(get) else None
         return embedding.num_embeddings if isinstance(embedding, nn.Embedding) else None
 
