@@ -102,7 +102,8 @@ class FitConfig:
             object.__setattr__(self, "mode", implied)
             object.__setattr__(self, "finetune", None)
         if self.pool not in (None, "auto", *POOLS):
-            raise ValueError(f"pool must be None, 'auto' or one of {list(POOLS)}, got {self.pool!r}")
+            raise ValueError(f"pool must be None, 'auto' or one of {list(POOLS)}, "
+                             f"got {self.pool!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and "
                              f"{self.batch_size}")

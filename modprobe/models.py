@@ -335,9 +335,7 @@ def load_model(spec: Any, *, device: str | torch.device | None = None,
         return wrap(spec, tokenizer=tokenizer)
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"cannot load a model from {type(spec).__name__}; {_SPEC_HELP}")
-    if str(spec) == "minilm":
-        return load_hf_directory(minilm_path(), device=device)
-    path = Path(spec)
+    path = minilm_path() if str(spec) == "minilm" else Path(spec)
     if path.is_dir() and (path / "config.json").exists():
         hm = load_hf_directory(path, device=device)
         if tokenizer is not None:

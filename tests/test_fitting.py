@@ -26,7 +26,8 @@ def _state(module):
 
 def _same(before, module):
     after = module.state_dict()
-    return before.keys() == after.keys() and all(torch.equal(v, after[k]) for k, v in before.items())
+    return before.keys() == after.keys() and all(torch.equal(v, after[k])
+                                                 for k, v in before.items())
 
 
 def test_head_on_a_frozen_backbone_fits_and_leaves_the_model_untouched():
@@ -135,7 +136,8 @@ def test_a_batchnorm_cnn_trained_from_scratch_learns_the_vision_task():
     assert result.finetuned and readout is None  # its own logits already have the task's shape
     assert result.test > 0.8, result
     bn = fitted.module.features[1]
-    assert not torch.equal(bn.running_mean, before["features.1.running_mean"])  # trained in train mode
+    # trained in train mode: the copy's BatchNorm statistics moved
+    assert not torch.equal(bn.running_mean, before["features.1.running_mean"])
     assert not any(m.training for m in fitted.module.modules())  # modes restored
     assert _same(before, model.module)  # the user's model, BatchNorm statistics included
 
@@ -201,4 +203,5 @@ def test_competence_is_measured_from_chance_to_perfect(test, chance, competent):
     assert gate["required"] == pytest.approx(chance + 0.5 * (1 - chance))
     if not competent:
         assert gate["text"].startswith("cannot judge: the model does not solve the task (accuracy")
-    assert competence(_result(test, chance), threshold=0.01)["competent"] is (test > chance + 0.01 * (1 - chance))
+    lenient = competence(_result(test, chance), threshold=0.01)["competent"]
+    assert lenient is (test >= chance + 0.01 * (1 - chance))

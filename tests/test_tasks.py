@@ -20,7 +20,9 @@ SMALL = {"n_train": 64, "n_test": 32}
 
 def _load(name, **options):
     """A built-in family by name, or the example's own task."""
-    return custom_task.make_task(**options) if name == "symbol_pairs" else tasks.load(name, **options)
+    if name == "symbol_pairs":
+        return custom_task.make_task(**options)
+    return tasks.load(name, **options)
 
 
 @pytest.fixture(scope="module", params=tasks.names() + ["symbol_pairs"])

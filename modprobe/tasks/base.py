@@ -303,7 +303,8 @@ def holdout(rng: np.random.Generator, candidates: np.ndarray, n_out: int,
 
 def split_combinations(combos: Sequence[int] | np.ndarray, config: TaskConfig,
                        valid: Callable[[np.ndarray], bool] | None = None,
-                       need: str = "the training combinations valid") -> tuple[np.ndarray, np.ndarray]:
+                       need: str = "the training combinations valid"
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """``(train, held out)`` combination ids: ``config.frac_ood`` of ``combos`` held out, drawn
     with ``config.seed``. ``valid(train)`` may demand what training must keep (e.g. every value of
     each constituent); random choices are redrawn until it holds, and ``need`` names it in the

@@ -72,8 +72,9 @@ def make(progress: bool = False, **options) -> Task:
         train = np.setdiff1d(pairs, held)
         return len(set(train // n_ante)) == len(SUBJECTS) and len(set(train % n_ante)) == n_ante
 
-    held = holdout(stream_rng(config.seed, "heldout"), pairs, n_heldout(len(pairs), config.frac_ood),
-                   covers, "every subject and every antecedent noun in training")
+    held = holdout(stream_rng(config.seed, "heldout"), pairs,
+                   n_heldout(len(pairs), config.frac_ood), covers,
+                   "every subject and every antecedent noun in training")
     train = np.setdiff1d(pairs, held)
     info = {"summary": "subject-verb agreement AND reflexive anaphora",
             "tokenizer": tokenizer_name,
@@ -194,7 +195,15 @@ def _tokenizer(spec: Any) -> tuple[Any, str]:
         return _load_tokenizer(str(path)), "minilm"
     if isinstance(spec, (str, os.PathLike)):
         return _load_tokenizer(str(spec)), str(spec)
-    return spec, str(getattr(spec, "name_or_path", "") or type(spec).__name__)
+    name = str(getattr(spec, "name_or_path", "") or type(spec).__name__)
+    try:
+        from ..models import minilm_path
+
+        if name == str(minilm_path()):
+            name = "minilm"  # the bundled model's tokenizer, named as when tokenizer=None
+    except ImportError:
+        pass
+    return spec, name
 
 
 @functools.lru_cache(maxsize=4)
