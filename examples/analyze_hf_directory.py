@@ -1,5 +1,7 @@
 """Analyse a HuggingFace model from a local directory (booted through TransformerLens'
-TransformerBridge, so hook names are TransformerLens names).
+TransformerBridge, so hook names are TransformerLens names), tokenizing the task with the
+directory's own tokenizer and reading the model where its architecture calls for (a causal LM
+at its last real token, an encoder at CLS).
 
     python examples/analyze_hf_directory.py --model-dir path/to/hf_dir --out runs/hf
     python examples/analyze_hf_directory.py --quick   # a tiny BERT saved to a temp dir first
@@ -35,8 +37,9 @@ def main() -> None:
                                    str(mp.models.minilm_path()))
     model = mp.load_model(directory)
     print(model)
+    # tokenized with the model's own tokenizer (a directory without one is an error)
     task = mp.tasks.load("language", seed=0, n_train=256 if args.quick else 512,
-                         n_test=96 if args.quick else 256)
+                         n_test=96 if args.quick else 256, model=model)
     config = mp.AnalysisConfig.quick(
         fit=FitConfig(epochs=8, lr=3e-3, backbone_lr=1e-3 if args.quick else 1e-4),
         mask_params=("blocks.*.mlp.*.weight",)) if args.quick else mp.AnalysisConfig()

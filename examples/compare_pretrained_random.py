@@ -18,13 +18,14 @@ def main() -> None:
     args = parser.parse_args()
     model = mp.load_model("minilm")
     if args.quick:
-        task = mp.tasks.load("language", seed=0, n_train=96, n_test=64)
+        task = mp.tasks.load("language", seed=0, n_train=96, n_test=64, model=model)
         config = dataclasses.replace(demo_config(seed=0), mask_params=("blocks.5.mlp.*.weight",),
                                      mask_epochs=6, probe_hooks=("blocks.5.hook_out",),
                                      probe_cv=2, fit=FitConfig(epochs=3))
         seeds = (0,)
     else:
-        task, config, seeds = mp.tasks.load("language", seed=0), mp.AnalysisConfig(), (0, 1, 2)
+        task = mp.tasks.load("language", seed=0, model=model)
+        config, seeds = mp.AnalysisConfig(), (0, 1, 2)
     print(mp.compare(model, task, seeds=seeds, out=args.out, config=config).summary())
 
 

@@ -13,7 +13,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     model = mp.load_model("minilm")
-    task = mp.tasks.load("language", seed=0, n_train=64, n_test=192 if args.quick else 1024)
+    task = mp.tasks.load("language", seed=0, n_train=64, n_test=192 if args.quick else 1024,
+                         model=model)  # tokenized with the model's own tokenizer
     labels = {k: task.constituents.labels[k] for k in ("subject_number", "antecedent_number")}
     report = mp.probes.decodability(model, task.constituents.inputs, labels,
                                     groups=task.constituents.groups, cv=3 if args.quick else 5)

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from . import _io, _validate, ablation, probes, pruning, tasks
 from ._results import format_table
 from .ablation._run import STRATEGIES
-from .fitting import FitConfig, FitResult, Readout, fit
+from .fitting import FitConfig, FitResult, Readout, competence, fit, reading_model
 from .models import HookedModel, load_model, reinitialize
 from .report import write_report
 from .subroutine import Subroutine, check_output
@@ -73,6 +73,7 @@ class AnalysisConfig:
     ``probe_measure``: what the probes report besides accuracy ("mdl": online codelength and
     compression). ``erasure``: also erase every constituent at every probed hook with LEACE and
     score each subroutine against ``erasure_random`` random-direction erasures of the same rank.
+    ``fit``: a :class:`FitConfig`, or just its mode: ``"finetune"``, ``"head"`` or ``"as_is"``.
     """
 
     seed: int = 0
@@ -96,6 +97,8 @@ class AnalysisConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.fit, str):
+            object.__setattr__(self, "fit", FitConfig(mode=self.fit, seed=self.seed))
         _validate.as_tuple(self, "mask_params", "mask_lambda", "probe_hooks", "probe_measure")
         _validate.check(self, _CONSTRAINTS, {
             "mask_lambda": "e.g. 100 or the grid (1, 10, 100, 1000)",
@@ -135,7 +138,8 @@ class Analysis:
 
     def summary(self) -> str:
         """The verdict, its evidence as a terminal table, and where the report is."""
-        lines = [self.verdict, "", format_table(self.results["verdict"]["evidence"])]
+        evidence = self.results["verdict"]["evidence"]
+        lines = [self.verdict] + (["", format_table(evidence)] if evidence else [])
         timings = self.results.get("timings") or {}
         if timings:
             lines += ["", "stage times: " + ", ".join(
@@ -159,7 +163,8 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
         raise TypeError(f"config must be an AnalysisConfig, got {type(config).__name__}")
     hm = load_model(model)
     if isinstance(task, str):
-        task = tasks.load(task, seed=config.seed)
+        task = tasks.load(task, seed=config.seed, model=hm)
+    tasks.check_model(task, hm)
     mask_config = pruning.MaskConfig(params=config.mask_params, epochs=config.mask_epochs,
                                      l0_lambda=config.mask_lambda, necessity=config.necessity,
                                      max_rounds=config.max_rounds, seed=config.seed)
@@ -241,10 +246,9 @@ def _fit_stage(hm: HookedModel, task: Any, config: AnalysisConfig, store: "_Stor
     if store is not None and store.done("fit.json"):
         saved, result = _read_stage(store.path("fit.json"), "fit",
                                     lambda d: (d, FitResult(**d["result"])), ("result", "readout"))
-        fitted, readout = hm, None
+        fitted, readout = reading_model(hm, result), None
         if result.finetuned:
-            fitted = HookedModel(copy.deepcopy(hm.module), tokenizer=hm.tokenizer,
-                                 output=hm.output)
+            fitted = fitted.with_module(copy.deepcopy(hm.module))
             _load_parameters(fitted, store.root / "model" / "backbone.safetensors")
         if saved["readout"] is not None:
             readout = Readout(**saved["readout"])
@@ -409,7 +413,8 @@ def _results(hm: HookedModel, task: Any, config: AnalysisConfig, label: str, fit
         "fit": fit_result.to_dict(), "subnetworks": subs,
         "ablation": ablation_report.to_dict(), "probes": probe_report.to_dict(),
         "scalars": scalars,
-        "verdict": _verdict(ablation_report.isolation, probe_report, label, fit_result),
+        "verdict": _verdict(ablation_report.isolation, probe_report, label, fit_result,
+                            task.competence_threshold),
     }
 
 
@@ -429,7 +434,12 @@ def _isolation_scalar(isolation: list[dict[str, Any]]) -> float | None:
 
 
 def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
-             fit_result: FitResult) -> dict[str, Any]:
+             fit_result: FitResult, threshold: float) -> dict[str, Any]:
+    gate = competence(fit_result, threshold=threshold)
+    if not gate["competent"]:
+        return {"text": gate["text"], "isolated": {e["subnetwork"]: None for e in isolation},
+                "verdicts": {e["subnetwork"]: "cannot judge" for e in isolation},
+                "evidence": [], "competence": gate}
     judged = [e for e in isolation if e.get("verdict") is not None]
     isolated = [e["subnetwork"] for e in judged if e["verdict"] == "isolated"]
     rest = ", ".join(f"{e['subnetwork']}: {e['verdict']}" for e in judged
@@ -464,7 +474,7 @@ def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
                  "p_holm": e["p_target_holm"], "reason": e["reason"]} for e in isolation]
     return {"text": text, "isolated": {e["subnetwork"]: e["isolated"] for e in isolation},
             "verdicts": {e["subnetwork"]: e.get("verdict") for e in isolation},
-            "evidence": evidence}
+            "evidence": evidence, "competence": gate}
 
 
 _RESULTS_KEYS = {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 _EXAMPLES = """examples:
   modprobe demo                                            # MiniLM vs random init, language task
   modprobe analyze --model minilm --task language --out runs/x --quick
-  modprobe analyze --model path/to/hf_dir --task language --out runs/hf
+  modprobe analyze --model path/to/hf_dir --task language --out runs/hf   # its own tokenizer
+  modprobe analyze --model-factory mypkg.models:build --task hyperteacher --fit as_is --out runs/a
   modprobe analyze --model-factory mypkg.models:build --task vision --out runs/mine
   modprobe compare --model minilm --task language --seeds 0 1 2 --out runs/cmp
   modprobe report runs/x                                   # re-render runs/x/report.html
@@ -49,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                        "sufficient subnetwork only")
         p.add_argument("--max-rounds", type=int, default=None,
                        help="most subnetworks the necessity search peels (default 8)")
+        p.add_argument("--fit", choices=("finetune", "head", "as_is"), default=None,
+                       help="stage 1: finetune (default: a head and a fine-tuned copy), head (a "
+                       "head on the frozen model), as_is (the model exactly as it is)")
 
     analyze = sub.add_parser("analyze", help="analyse one model on one task",
                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXAMPLES)
@@ -156,18 +161,24 @@ def _config(args: argparse.Namespace) -> Any:
         overrides["necessity"] = args.necessity
     if args.max_rounds is not None:
         overrides["max_rounds"] = args.max_rounds
-    if args.quick:
-        return AnalysisConfig.quick(seed=args.seed, **overrides)
-    return AnalysisConfig(seed=args.seed, **overrides)
+    config = (AnalysisConfig.quick(seed=args.seed, **overrides) if args.quick
+              else AnalysisConfig(seed=args.seed, **overrides))
+    if args.fit:
+        config = dataclasses.replace(config, fit=dataclasses.replace(config.fit, mode=args.fit))
+    return config
 
 
-def _task(name: str, seed: int, quick: bool) -> Any:
+def _task(name: str, seed: int, quick: bool, model: Any = None) -> Any:
+    """Task family ``name``; a tokenized family uses ``model``'s own tokenizer."""
     from . import tasks
 
     if name not in tasks.names():
         raise SystemExit(f"unknown task {name!r}; choose one of {tasks.names()}")
     sizes = dict(n_train=384, n_test=128) if quick else {}
-    return tasks.load(name, seed=seed, **sizes)
+    try:
+        return tasks.load(name, seed=seed, model=model, **sizes)
+    except (ValueError, ImportError) as err:
+        raise SystemExit(str(err)) from err
 
 
 # Failures a user can fix (bad input, a missing or corrupt file, permissions, a full disk): one
@@ -207,8 +218,8 @@ def _run(args: argparse.Namespace) -> int:
         print(run_demo(args.out, seeds=tuple(args.seeds)).summary())
         return 0
     config = _config(args)  # settings first: a bad --seed is reported before any loading
-    task = _task(args.task, args.seed, args.quick)
     model = _load(args)
+    task = _task(args.task, args.seed, args.quick, model)
     if args.command == "analyze":
         from .analysis import analyze
 

@@ -147,7 +147,7 @@ def compare(model: Any, task: Any, seeds: Sequence[int] = (0, 1, 2),
     pretrained, random = [], []
     for seed in seeds:
         cfg = dataclasses.replace(config, seed=seed)
-        seed_task = tasks.load(task, seed=seed) if isinstance(task, str) else task
+        seed_task = tasks.load(task, seed=seed, model=hm) if isinstance(task, str) else task
         pretrained.append(analyze(hm, seed_task, root / f"pretrained-seed{seed}" if root else None,
                                   cfg, label="pretrained"))
         random.append(analyze(reinitialize(hm, seed), seed_task,

@@ -14,6 +14,7 @@ import fnmatch
 import os
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -24,6 +25,9 @@ from torch.func import functional_call
 from . import _validate
 
 _ORIGINAL = "._original_component"
+POOLS = ("last", "first", "mean")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                    "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
 
 
 class _StopForward(Exception):
@@ -34,26 +38,34 @@ class HookedModel:
     """Any ``nn.Module`` (or TransformerLens bridge) with named parameters and hook points.
 
     ``output`` names a hook point whose activation is returned as the model's output (the rest of
-    the forward pass is skipped); ``None`` returns the module's own output.
+    the forward pass is skipped); ``None`` returns the module's own output. ``pool`` turns a
+    sequence output ``(B, T, d)`` into one vector per example: ``"last"`` (the last non-padding
+    token by the input's ``attention_mask``, what a causal model has read the whole sentence at),
+    ``"first"`` (CLS) or ``"mean"`` (over non-padding tokens); ``None`` leaves it as it is.
     """
 
-    def __init__(self, module: nn.Module, *, tokenizer: Any = None, output: str | None = None):
+    def __init__(self, module: nn.Module, *, tokenizer: Any = None, output: str | None = None,
+                 pool: str | None = None):
         if not isinstance(module, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+        if pool is not None and pool not in POOLS:
+            raise ValueError(f"pool must be None or one of {list(POOLS)}, got {pool!r}")
         self.module = module
         self.tokenizer = tokenizer
         self.is_bridge = _is_bridge(module)
         self._canonical = _user_param_names(module, self.is_bridge)
         self._points = _hook_points(module, self.is_bridge)
         self.output = output
+        self.pool = pool
         if output is not None:
             self._check_hooks([output])
 
     def __repr__(self) -> str:
         kind = "TransformerBridge" if self.is_bridge else type(self.module).__name__
         n = sum(p.numel() for p in self.params().values())
+        pool = f", pool={self.pool!r}" if self.pool is not None else ""
         return (f"HookedModel({kind}, {len(self._canonical)} tensors, {n:,} weights, "
-                f"{len(self._points)} hook points, output={self.output!r})")
+                f"{len(self._points)} hook points, output={self.output!r}{pool})")
 
     # ----------------------------------------------------------------- names
     def param_names(self, patterns: str | Iterable[str] | None = None) -> list[str]:
@@ -101,9 +113,22 @@ class HookedModel:
         first = next(self.module.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
 
-    def with_output(self, output: str | None) -> "HookedModel":
-        """The same module, read at hook point ``output`` instead (shares the module)."""
-        return HookedModel(self.module, tokenizer=self.tokenizer, output=output)
+    @property
+    def vocab_size(self) -> int | None:
+        """Rows of the input embedding of a token model (``None`` when it has none)."""
+        if self.is_bridge:
+            return int(self.module.cfg.d_vocab)
+        get = getattr(self.module, "get_input_embeddings", None)
+        embedding = get() if callable(get) else None
+        return embedding.num_embeddings if isinstance(embedding, nn.Embedding) else None
+
+    def with_output(self, output: str | None, pool: str | None = None) -> "HookedModel":
+        """The same module, read at hook point ``output`` (pooled by ``pool``) instead."""
+        return HookedModel(self.module, tokenizer=self.tokenizer, output=output, pool=pool)
+
+    def with_module(self, module: nn.Module) -> "HookedModel":
+        """Another module (e.g. a copy) read the same way: same tokenizer, output and pool."""
+        return HookedModel(module, tokenizer=self.tokenizer, output=self.output, pool=self.pool)
 
     # ----------------------------------------------------------------- running
     def __call__(self, inputs: Any) -> Any:
@@ -155,6 +180,9 @@ class HookedModel:
                                "pick hook names on the path from input to output")
         if self.output is not None:
             out = cache[self.output]
+        if self.pool is not None:
+            mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+            out = pool_sequence(_hidden_state(out), mask, self.pool)
         return out, {n: cache[n] for n in names}
 
     def _call_args(self, inputs: Any) -> tuple[tuple, dict]:
@@ -209,14 +237,85 @@ def output_axis(module: nn.Module) -> int:
     return 1 if type(module).__name__ == "Conv1D" or isinstance(module, transposed) else 0
 
 
+def pool_sequence(hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                  pool: str) -> torch.Tensor:
+    """One vector per example from ``(B, T, d)`` hidden states (see :class:`HookedModel`).
+
+    ``attention_mask`` (1 = real token) may pad on either side; without it every position is real.
+    """
+    if hidden.dim() != 3:
+        raise ValueError(f"pool={pool!r} reads a sequence (B, T, d), but the model output has "
+                         f"shape {tuple(hidden.shape)}: pass pool=None for outputs that are "
+                         "not sequences")
+    if pool == "first":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden[:, -1] if pool == "last" else hidden.mean(1)
+    mask = attention_mask.to(hidden.device)
+    if pool == "last":
+        positions = torch.arange(mask.shape[1], device=hidden.device)
+        last = (mask.bool() * (positions + 1)).argmax(1)
+        return hidden[torch.arange(len(hidden), device=hidden.device), last]
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Where the analysis reads a model: hook point, pooling, and why (stated in results.json)."""
+
+    output: str | None
+    pool: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": self.output, "pool": self.pool, "reason": self.reason}
+
+
+def default_reading(model: nn.Module | HookedModel) -> Reading:
+    """The readout the model's architecture calls for, from its config.
+
+    Causal (decoder) language models: the final block's output at the last non-padding token,
+    the only position that has attended to the whole input (never the LM logits, and never
+    position 0, which sees one token). Encoders: the final block's output at the first token
+    (CLS). Anything else: the model's own output as it is (a convolutional feature map is pooled
+    by the fitted head).
+    """
+    hm = wrap(model)
+    if hm.is_bridge:
+        cfg = hm.module.cfg
+        last = f"blocks.{cfg.n_layers - 1}.hook_out"
+        if getattr(cfg, "attention_dir", "causal") == "causal":
+            return Reading(last, "last", "causal language model: final block's output at the last "
+                           "non-padding token")
+        return Reading(hm.output or last, "first", "encoder: final block's output at the first "
+                       "token (CLS)")
+    config = getattr(hm.module, "config", None)
+    if config is not None and _is_causal_config(config):
+        return Reading(hm.output, "last", "causal language model: last hidden state at the last "
+                       "non-padding token")
+    if config is not None and getattr(config, "model_type", None):
+        return Reading(hm.output, "first", "encoder: last hidden state at the first token (CLS)")
+    return Reading(hm.output, hm.pool, "the model's own output")
+
+
+def _is_causal_config(config: Any) -> bool:
+    architectures = getattr(config, "architectures", None) or []
+    return bool(getattr(config, "is_decoder", False)) or any(
+        a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
 def wrap(module: nn.Module | HookedModel, *, tokenizer: Any = None,
-         output: str | None = None) -> HookedModel:
+         output: str | None = None, pool: str | None = None) -> HookedModel:
     """Wrap any ``nn.Module`` (or TransformerBridge) as a :class:`HookedModel`."""
     if isinstance(module, HookedModel):
-        return module if output is None else module.with_output(output)
+        if output is None and pool is None and tokenizer is None:
+            return module
+        return HookedModel(module.module, tokenizer=tokenizer or module.tokenizer,
+                           output=output or module.output, pool=pool or module.pool)
     if tokenizer is None and _is_bridge(module):
         tokenizer = getattr(module, "tokenizer", None)
-    return HookedModel(module, tokenizer=tokenizer, output=output)
+    return HookedModel(module, tokenizer=tokenizer, output=output, pool=pool)
 
 
 _SPEC_HELP = ('accepted model specs: "minilm" (the bundled pretrained all-MiniLM-L6-v2), a path to '
@@ -224,23 +323,26 @@ _SPEC_HELP = ('accepted model specs: "minilm" (the bundled pretrained all-MiniLM
               'or a HookedModel')
 
 
-def load_model(spec: Any, *, device: str | torch.device | None = None) -> HookedModel:
+def load_model(spec: Any, *, device: str | torch.device | None = None,
+               tokenizer: Any = None) -> HookedModel:
     """Load a model by spec: ``"minilm"``, a local HF directory, a module, bridge or HookedModel.
 
     Architectures TransformerLens supports are booted through ``TransformerBridge`` (so hook names
     are TransformerLens names); others load with ``AutoModel`` and get module-path hook points.
     Masked-LM encoders are read at their last block (``blocks.N.hook_out``): the HF checkpoint of
-    an encoder usually has no trained MLM head, so its logits would be meaningless.
+    an encoder usually has no trained MLM head, so its logits would be meaningless. A directory's
+    own tokenizer comes with it (``None`` when it ships none); ``tokenizer=`` replaces it.
     """
     if isinstance(spec, (HookedModel, nn.Module)):
-        return wrap(spec)
+        return wrap(spec, tokenizer=tokenizer)
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"cannot load a model from {type(spec).__name__}; {_SPEC_HELP}")
-    if str(spec) == "minilm":
-        return load_hf_directory(minilm_path(), device=device)
-    path = Path(spec)
+    path = minilm_path() if str(spec) == "minilm" else Path(spec)
     if path.is_dir() and (path / "config.json").exists():
-        return load_hf_directory(path, device=device)
+        hm = load_hf_directory(path, device=device)
+        if tokenizer is not None:
+            hm.tokenizer = tokenizer
+        return hm
     raise ValueError(f"unknown model spec {str(spec)!r}: not 'minilm' and not a directory with "
                      f"config.json; {_SPEC_HELP}")
 
@@ -277,17 +379,25 @@ def load_hf_directory(path: str | os.PathLike, *, device: str | torch.device | N
     output = None
     if type(bridge.original_model).__name__.endswith("ForMaskedLM"):
         output = f"blocks.{bridge.cfg.n_layers - 1}.hook_out"
-    return HookedModel(bridge, tokenizer=getattr(bridge, "tokenizer", None), output=output)
+    # without tokenizer files the bridge invents a placeholder tokenizer: the model ships none
+    tokenizer = getattr(bridge, "tokenizer", None) if _has_tokenizer(path) else None
+    return HookedModel(bridge, tokenizer=tokenizer, output=output)
+
+
+def _has_tokenizer(path: str) -> bool:
+    return any((Path(path) / name).exists() for name in _TOKENIZER_FILES)
 
 
 def _load_auto(path: str, device: str | torch.device | None) -> HookedModel:
     from transformers import AutoModel, AutoTokenizer
 
     module = AutoModel.from_pretrained(path).to(device or "cpu").eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
-        tokenizer = None
+    tokenizer = None
+    if _has_tokenizer(path):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError):
+            tokenizer = None
     return HookedModel(module, tokenizer=tokenizer)
 
 
@@ -322,7 +432,7 @@ def reinitialize(model: nn.Module | HookedModel, seed: int = 0) -> HookedModel:
         names = [n for n, p in module.named_parameters() if any(p is u for u in untouched)]
         warnings.warn(f"no initialiser covers {names[:8]}{'...' if len(names) > 8 else ''}; "
                       "their entries were randomly permuted instead", stacklevel=2)
-    return HookedModel(module, tokenizer=hm.tokenizer, output=hm.output)
+    return hm.with_module(module)
 
 
 # --------------------------------------------------------------------- helpers
@@ -354,6 +464,18 @@ def _hook_points(module: nn.Module, is_bridge: bool) -> dict[str, nn.Module]:
     if is_bridge:
         return dict(module.hook_dict)
     return {name: sub for name, sub in module.named_modules() if name}
+
+
+def _hidden_state(out: Any) -> torch.Tensor:
+    """The hidden states in a model output: a tensor, or an HF output's ``last_hidden_state``."""
+    if isinstance(out, torch.Tensor):
+        return out
+    value = (out.get("last_hidden_state") if isinstance(out, Mapping)
+             else getattr(out, "last_hidden_state", None))
+    if isinstance(value, torch.Tensor):
+        return value
+    raise TypeError(f"cannot pool a model output of type {type(out).__name__}: read a hook point "
+                    "holding hidden states (output='<hook name>')")
 
 
 def _first_tensor(out: Any) -> torch.Tensor:

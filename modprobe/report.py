@@ -16,6 +16,7 @@ from typing import Any, Callable
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
 
 from ._io import write_text
 from .graph import subnetwork_graph
@@ -33,10 +34,12 @@ def render_html(results: dict[str, Any]) -> str:
     """The whole report as one HTML string."""
     if results.get("kind") == "comparison":
         title = f"modprobe comparison: {results['pretrained'][0]['task']['name']}"
-        sections = _comparison_sections(results)
+        sections = [("What was analysed", _about(results["pretrained"][0]))]
+        sections += _comparison_sections(results)
     else:
         title = f"modprobe analysis: {results['task']['name']}"
-        sections = _analysis_sections(results, prefix="")
+        sections = [("What was analysed", _about(results))]
+        sections += _analysis_sections(results, prefix="")
     sections.append(("Configuration and versions", _pre(json.dumps(
         {k: results.get(k) for k in ("config", "versions", "schema_version", "created")},
         indent=2, default=str))))
@@ -55,7 +58,10 @@ section {{ margin-bottom: 2.5em; }} .verdict {{ font-size: 1.2em; padding: 1em; 
 border-left: 5px solid #1f77b4; }} table {{ border-collapse: collapse; font-size: 0.9em; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }} th {{ background: #eee; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow: auto; font-size: 0.8em; }}
-.note {{ color: #555; font-size: 0.9em; }}
+.note {{ color: #555; font-size: 0.9em; }} .empty {{ font-style: italic; color: #444; }}
+.table-wrap {{ max-width: 100%; overflow-x: auto; }} td {{ max-width: 28em; overflow: hidden;
+text-overflow: ellipsis; white-space: nowrap; }} .about td, .about th {{ text-align: left;
+white-space: normal; }}
 </style>
 <script type="text/javascript">{get_plotlyjs()}</script>
 </head><body><h1>{html.escape(title)}</h1>
@@ -77,8 +83,9 @@ def _analysis_sections(res: dict[str, Any], prefix: str) -> list[tuple[str, str]
         ("Overlap between subnetworks", _overlap_figure,
          "Jaccard index of kept weights (1 = the same weights, 0 = disjoint)."),
         ("Subnetwork graph", _graph_figure,
-         "Masked tensors in forward order, coloured by the subnetwork that keeps clearly the most "
-         "of them (grey: shared, light: unused)."),
+         "Masked tensors in forward order, labelled with their name and the fraction each "
+         "subnetwork keeps, coloured by the subnetwork that keeps clearly the most of them "
+         "(grey: shared, light: unused)."),
         ("Ablation effects", _ablation_figure,
          "Metric on each subroutine's test data after removing (ablate) or keeping only (keep_only) "
          "a subnetwork, against size-matched random ablations (95% CIs)."),
@@ -96,14 +103,65 @@ def _analysis_sections(res: dict[str, Any], prefix: str) -> list[tuple[str, str]
          "Metric drop of each subroutine when a constituent is erased (LEACE) at a hook point, "
          "beyond erasing as many random directions (95% CIs; filled: significant after Holm)."),
     ]
+    empty = _empty_masks(res)
     for heading, build, note in builders:
+        if empty and heading in _MASK_FIGURES:
+            sections.append((prefix + heading, f'<p class="empty">{html.escape(empty)}</p>'))
+            continue
         fig = build(res)
         if fig is not None:
             sections.append((prefix + heading, f'<p class="note">{html.escape(note)}</p>' + _div(fig)))
     ablation_rows = (res.get("ablation") or {}).get("rows")
     if ablation_rows:
-        sections.append((prefix + "Ablation table", _table(ablation_rows)))
+        shown = [{k: r.get(k) for k in _ABLATION_COLUMNS if k in r} for r in ablation_rows]
+        sections.append((prefix + "Ablation table", '<p class="note">The main columns; '
+                         "results.json holds every column.</p>" + _table(shown)))
     return sections
+
+
+_MASK_FIGURES = ("Mask density per layer", "Overlap between subnetworks", "Subnetwork graph")
+_ABLATION_COLUMNS = ("subnetwork", "eval_task", "condition", "metric", "chance", "value", "ci_low",
+                     "ci_high", "n_controls", "p_value", "p_holm", "effect")
+
+
+def _empty_masks(res: dict[str, Any]) -> str:
+    """A sentence when every subnetwork kept nothing (then the mask figures would be blank)."""
+    subs = res.get("subnetworks") or {}
+    if subs and all(not s.get("density") for s in subs.values()):
+        return (f"Every subnetwork's mask is empty ({', '.join(subs)}: 0 weights kept): no "
+                "subset of the masked weights performs its subroutine better than removing "
+                "them all, so there is no density, overlap or graph to draw.")
+    return ""
+
+
+def _about(res: dict[str, Any]) -> str:
+    """Model, task and how the model was fitted: the first thing a reader needs."""
+    model, task, fit = res.get("model") or {}, res.get("task") or {}, res.get("fit") or {}
+    reading = fit.get("reading") or {}
+    read = ""
+    if reading.get("output") or reading.get("pool"):
+        read = (f"{reading.get('output') or 'the output'}"
+                + (f", pooled '{reading['pool']}'" if reading.get("pool") else "")
+                + (f" ({reading['reason']})" if reading.get("reason") else ""))
+    elif reading:
+        read = "the model's own output"
+    trained = ("nothing trained" if not fit.get("head") and not fit.get("finetuned") else
+               ", ".join(w for w, on in (("readout head", fit.get("head")),
+                                         ("fine-tuned copy of the backbone", fit.get("finetuned")))
+                         if on))
+    score = ""
+    if fit.get("test") is not None:
+        chance = fit.get("chance")
+        score = (f"{fit.get('metric', 'metric')} {fit['test']:.3f} on the composite test data"
+                 + (f" (chance {chance:.3f})" if chance is not None else ""))
+    rows = [("model", f"{res.get('label', '')}: {model.get('description', '')}"),
+            ("task", task.get("description", task.get("name", ""))),
+            ("fit", f"mode {fit.get('mode', 'finetune')}: {trained}" if fit else ""),
+            ("read at", read), ("fitted score", score)]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in rows if v)
+    return f'<div class="table-wrap about"><table>{body}</table></div>'
+
 
 
 def _comparison_sections(res: dict[str, Any]) -> list[tuple[str, str]]:
@@ -183,14 +241,28 @@ def _graph_figure(res: dict[str, Any]) -> go.Figure | None:
                                hoverinfo="skip", showlegend=False))
     for owner in dict.fromkeys(d["owner"] for _, d in graph.nodes(data=True)):
         nodes = [(n, d) for n, d in graph.nodes(data=True) if d["owner"] == owner]
+        kept = [" / ".join(f"{v:.0%}" if v >= 0.01 or not v else f"{v:.1%}"
+                           for k, v in d.items() if k.startswith("density:")) for _, d in nodes]
         fig.add_scatter(
-            x=[pos[n][0] for n, _ in nodes], y=[-pos[n][1] for n, _ in nodes], mode="markers",
+            x=[pos[n][0] for n, _ in nodes], y=[-pos[n][1] for n, _ in nodes],
+            mode="markers+text", textposition="middle right", textfont=dict(size=10),
+            text=[f"{_short(n)} ({k})" for n, k in zip([n for n, _ in nodes], kept)],
             name=owner, marker=dict(size=14, color=colors.get(owner, "#000")),
-            text=[n + "<br>" + "<br>".join(f"{k[8:]}: {v:.1%}" for k, v in d.items()
-                                           if k.startswith("density:")) for n, d in nodes],
+            hovertext=[n + "<br>" + "<br>".join(f"{k[8:]}: {v:.1%}" for k, v in d.items()
+                                                if k.startswith("density:")) for n, d in nodes],
             hoverinfo="text")
-    fig.update_layout(height=420, xaxis_title="layer", yaxis_visible=False)
+    order = " / ".join(subs)
+    n_rows = max(rows.values()) if rows else 1
+    fig.update_layout(height=max(320, 70 * n_rows + 120), xaxis_title="layer",
+                      yaxis_visible=False, margin=dict(r=160),
+                      title=dict(text=f"kept fraction per tensor: {order}", font=dict(size=12)))
     return fig
+
+
+def _short(name: str) -> str:
+    """A tensor name short enough to label a node (``blocks.3.mlp.in.weight`` -> ``3.mlp.in``)."""
+    name = name.removesuffix(".weight")
+    return name.removeprefix("blocks.")
 
 
 def _ablation_figure(res: dict[str, Any]) -> go.Figure | None:
@@ -212,7 +284,16 @@ def _ablation_figure(res: dict[str, Any]) -> go.Figure | None:
                          arrayminus=[r["value"] - _nz(r.get("ci_low"), r["value"]) for r in sel]))
     fig.update_layout(barmode="group", yaxis_title=rows[0].get("metric", "metric"), height=450,
                       xaxis_title="subnetwork / evaluated subroutine")
+    _chance_line(fig, rows)
     return fig
+
+
+def _chance_line(fig: go.Figure, rows: list[dict[str, Any]]) -> None:
+    """A dotted line at the chance level, when the rows agree on one."""
+    chances = {r.get("chance") for r in rows if r.get("chance") is not None}
+    if len(chances) == 1:
+        fig.add_hline(y=chances.pop(), line_dash="dot", line_color="#555",
+                      annotation_text="chance", annotation_position="top left")
 
 
 def _random_distribution_figure(res: dict[str, Any]) -> go.Figure | None:
@@ -233,6 +314,7 @@ def _random_distribution_figure(res: dict[str, Any]) -> go.Figure | None:
                             marker=dict(symbol="diamond", size=14, color="black"),
                             showlegend=i == 0)
     fig.update_layout(height=450, yaxis_title="metric after ablation")
+    _chance_line(fig, abl.get("rows", []))
     return fig
 
 
@@ -292,13 +374,13 @@ def _comparison_figure(res: dict[str, Any]) -> go.Figure | None:
     metrics = res.get("metrics") or []
     if not metrics:
         return None
-    fig = go.Figure()
-    names = [m["metric"] for m in metrics]
-    for i, group in enumerate(("pretrained", "random")):
-        fig.add_bar(name=group, x=names, y=[m[f"{group}_mean"] for m in metrics],
-                    marker_color=_COLORS[i],
-                    error_y=dict(type="data", array=[m.get(f"{group}_sd") or 0 for m in metrics]))
-    fig.update_layout(barmode="group", height=420, yaxis_title="mean over seeds (± sd)")
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m["metric"] for m in metrics])
+    for col, m in enumerate(metrics, start=1):  # one axis per metric: their scales differ
+        for i, group in enumerate(("pretrained", "random")):
+            fig.add_bar(name=group, x=[group], y=[m[f"{group}_mean"]], marker_color=_COLORS[i],
+                        error_y=dict(type="data", array=[m.get(f"{group}_sd") or 0]),
+                        showlegend=col == 1, row=1, col=col)
+    fig.update_layout(height=380, yaxis_title="mean over seeds (± sd)")
     return fig
 
 
@@ -329,6 +411,11 @@ def _table(rows: list[dict[str, Any]], max_rows: int = 200) -> str:
         return html.escape("" if v is None else str(v))
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>"
-                   for r in rows[:max_rows])
-    return f"<table><tr>{head}</tr>{body}</table>"
+    def td(v: Any) -> str:
+        text = cell(v)
+        return f'<td title="{text}">{text}</td>' if len(text) > 40 else f"<td>{text}</td>"
+
+    body = "".join("<tr>" + "".join(td(r.get(c)) for c in cols) + "</tr>" for r in rows[:max_rows])
+    more = (f'<p class="note">First {max_rows} of {len(rows)} rows; results.json holds all.</p>'
+            if len(rows) > max_rows else "")
+    return f'<div class="table-wrap"><table><tr>{head}</tr>{body}</table></div>{more}'

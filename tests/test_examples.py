@@ -11,6 +11,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 @pytest.mark.parametrize("script, expect", [
     ("analyze_own_module.py", "report:"),
+    ("custom_task.py", "report:"),
     ("analyze_hf_directory.py", "report:"),
     ("compare_pretrained_random.py", "random-init"),
     ("probes_only.py", "decodability (mean best-layer selectivity)"),

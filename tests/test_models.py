@@ -122,6 +122,36 @@ def test_load_tiny_bert_and_gpt2_from_local_directory(tmp_path):
     assert torch.allclose(hb(x), bert(input_ids=x).last_hidden_state, atol=1e-5)
     hg = mp.load_model(str(tmp_path / "gpt2"))
     assert torch.allclose(hg(x), gpt(input_ids=x).logits, atol=1e-4)
+    assert hb.tokenizer is None and hg.tokenizer is None  # the directories ship no tokenizer
+    assert hg.vocab_size == 40
+    causal, encoder = mp.models.default_reading(hg), mp.models.default_reading(hb)
+    assert (causal.output, causal.pool) == ("blocks.1.hook_out", "last")
+    assert (encoder.output, encoder.pool) == ("blocks.1.hook_out", "first")
+
+
+def test_pooling_reads_the_last_real_token_on_either_padding_side():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
+    pool = mp.models.pool_sequence
+    assert pool(hidden, right, "last").flatten().tolist() == [1.0, 7.0]
+    assert pool(hidden, left, "last").flatten().tolist() == [3.0, 7.0]
+    assert pool(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]
+    assert pool(hidden, None, "first").flatten().tolist() == [0.0, 4.0]
+    with pytest.raises(ValueError, match="pool=None for outputs that are not sequences"):
+        pool(torch.zeros(2, 3), None, "last")
+
+
+def test_a_wrapped_module_pools_its_sequence_output_by_the_attention_mask():
+    class Echo(nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids.float().unsqueeze(-1)
+
+    hm = mp.wrap(Echo(), pool="last")
+    ids = torch.tensor([[5, 6, 0], [7, 8, 9]])
+    out = hm({"input_ids": ids, "attention_mask": (ids > 0).long()})
+    assert out.flatten().tolist() == [6.0, 9.0] and "pool='last'" in repr(hm)
+    assert hm.with_module(Echo()).pool == "last"
 
 
 def test_reinitialize_is_deterministic_fresh_and_leaves_input_untouched(minilm):

@@ -1,5 +1,10 @@
-"""The task contract, as every family keeps it: one output format, seeds, held-out data, errors."""
+"""The task contract, as every family keeps it: one output format, seeds, held-out data, errors.
+
+The contract also runs on ``examples/custom_task.py``, a task built through the public API.
+"""
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,12 +12,22 @@ import torch
 from modprobe import tasks
 from modprobe.subroutine import Subroutine
 
+sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
+import custom_task  # noqa: E402
+
 SMALL = {"n_train": 64, "n_test": 32}
 
 
-@pytest.fixture(scope="module", params=tasks.names())
+def _load(name, **options):
+    """A built-in family by name, or the example's own task."""
+    if name == "symbol_pairs":
+        return custom_task.make_task(**options)
+    return tasks.load(name, **options)
+
+
+@pytest.fixture(scope="module", params=tasks.names() + ["symbol_pairs"])
 def task(request):
-    return tasks.load(request.param, seed=3, **SMALL)
+    return _load(request.param, seed=3, **SMALL)
 
 
 def _subroutines(task):
@@ -77,8 +92,8 @@ def test_heldout_combinations_never_appear_in_training(task):
 
 
 def test_same_seed_same_data_other_seed_other_data(task):
-    again = tasks.load(task.name, seed=3, **SMALL)
-    other = tasks.load(task.name, seed=4, **SMALL)
+    again = _load(task.name, seed=3, **SMALL)
+    other = _load(task.name, seed=4, **SMALL)
     x, y = _first(task.composite.train.data[0]), task.composite.train.data[1]
     assert torch.equal(x, _first(again.composite.train.data[0]))
     assert torch.equal(y, again.composite.train.data[1])
@@ -87,7 +102,7 @@ def test_same_seed_same_data_other_seed_other_data(task):
 
 
 def test_training_data_do_not_change_with_n_test(task):
-    bigger = tasks.load(task.name, seed=3, n_train=64, n_test=48)
+    bigger = _load(task.name, seed=3, n_train=64, n_test=48)
     assert torch.equal(_first(task.composite.train.data[0]),
                        _first(bigger.composite.train.data[0]))
 
@@ -131,3 +146,48 @@ def test_bad_common_options_name_the_valid_range(family, option, value, message)
 def test_bad_family_options_name_the_valid_range(family, options, message):
     with pytest.raises(ValueError, match=message):
         tasks.load(family, **options)
+
+
+def test_public_task_pieces_keep_the_older_private_names():
+    from modprobe.tasks import base
+
+    assert base._Draw is tasks.Draw and base._assemble is tasks.assemble
+    assert base._rng is tasks.stream_rng and base._cycle is tasks.cycle
+
+
+class _Bad:
+    subroutines = ("a", "b")
+
+    def __init__(self, wrong):
+        self.wrong = wrong
+
+    def draw(self, view, n, combos, rng):
+        import numpy as np
+
+        n_out = n - 1 if self.wrong == "size" else n
+        targets = np.full(n_out, 5 if self.wrong == "label" else 1, dtype=np.int64)
+        return tasks.Draw(np.zeros((n, 3), np.float32), targets, np.zeros(n, np.int64),
+                          {"c": np.zeros(n, np.int64)})
+
+    def encode(self, raw):
+        return [torch.from_numpy(x) for x in raw]
+
+
+@pytest.mark.parametrize("wrong, message", [
+    ("size", r"asked for 64 examples but gave \{'targets': 63\}"),
+    ("label", r"targets must be integers in 0..1"),
+])
+def test_a_family_that_breaks_the_contract_gets_an_error_naming_it(wrong, message):
+    import numpy as np
+
+    with pytest.raises(ValueError, match=message):
+        tasks.assemble("bad", tasks.TaskConfig(**SMALL), _Bad(wrong), np.arange(4), np.arange(0),
+                       n_classes=2, chance=0.5, input_kind="vectors")
+
+
+def test_language_task_for_a_model_uses_its_tokenizer_or_says_it_has_none():
+    class NoTokenizer:
+        tokenizer = None
+
+    with pytest.raises(ValueError, match="tokenized with the model's own tokenizer.*has none"):
+        tasks.load("language", model=NoTokenizer())

@@ -278,4 +278,4 @@ def _on_device(hm: HookedModel, device: str | None) -> HookedModel:
     target = torch.device(device) if device is not None else hm.device
     if target.type == hm.device.type and target.index in (None, hm.device.index):
         return hm
-    return HookedModel(copy.deepcopy(hm.module).to(device), tokenizer=hm.tokenizer, output=hm.output)
+    return hm.with_module(copy.deepcopy(hm.module).to(device))

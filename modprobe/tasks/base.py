@@ -1,8 +1,11 @@
-"""The task contract every family fills, and the sampling machinery the families share.
+"""The task contract every family fills, and the public machinery to build a task of your own.
 
-A family describes one example set at a time (``draw``); :func:`_assemble` turns draws into the
-splits of a :class:`Task`, so every family gets the same seeding, held-out handling and layout.
-Seeds are derived per (split, view) stream, so the training data do not change when ``n_test`` does.
+A family describes one example set at a time (``draw``, returning a :class:`Draw`);
+:func:`assemble` turns draws into the splits of a :class:`Task`, so every family, built in or
+yours, gets the same seeding, held-out handling and layout. Seeds are derived per (split, view)
+stream (:func:`stream_rng`), so the training data do not change when ``n_test`` does.
+:func:`split_combinations` holds out combinations, :func:`cycle` and :func:`balanced` sample
+combinations and cells evenly. The README's "Your own compositional task" shows the recipe.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from tqdm.auto import tqdm
 from ..subroutine import Subroutine
 
 MAX_EXAMPLES = 10_000_000
+COMPETENCE_THRESHOLD = 0.5  # see modprobe.fitting.competence
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Task:
     them); a subroutine's labels depend on that subroutine only. ``heldout`` holds composite test
     data on combinations never used for training (``None`` where nothing is held out).
     ``options`` are the options the task was built with; ``info`` what was computed from them.
+    ``competence_threshold``: how far from chance (0) to a perfect score (1) the fitted model
+    must get on the composite task before its modularity is judged.
     """
 
     name: str
@@ -67,6 +73,7 @@ class Task:
     input_kind: str
     options: dict
     info: dict = field(default_factory=dict)
+    competence_threshold: float = COMPETENCE_THRESHOLD
 
     def describe(self) -> str:
         """One line for reports: what the task is, its sizes and what is held out."""
@@ -103,8 +110,13 @@ class TaskConfig:
 
 
 @dataclass
-class _Draw:
-    """One sampled example set before encoding: raw inputs, targets, combination ids, factors."""
+class Draw:
+    """One sampled example set before encoding.
+
+    ``inputs``: raw inputs (anything your ``encode`` turns into model inputs); ``targets``:
+    ``(n, ...)`` labels of the view drawn (int for classes, float for regression); ``groups``:
+    ``(n,)`` combination id of each example; ``labels``: ``{constituent: (n,) values}``.
+    """
 
     inputs: Any
     targets: np.ndarray
@@ -112,23 +124,39 @@ class _Draw:
     labels: dict[str, np.ndarray]
 
 
-class _Family(Protocol):
+class Family(Protocol):
+    """What :func:`assemble` needs from a task family: subroutine names, ``draw`` and ``encode``."""
+
     subroutines: tuple[str, ...]
 
-    def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> _Draw:
-        """``n`` examples of ``view`` ("composite", "constituents" or a subroutine name)."""
+    def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> Draw:
+        """``n`` examples of ``view`` ("composite", "constituents" or a subroutine name), their
+        combinations taken from ``combos``. A subroutine's targets depend on that subroutine only
+        and use the composite task's label space."""
 
     def encode(self, raw: list[Any]) -> list[Any]:
         """Raw inputs of every draw -> model inputs, jointly (e.g. padded to one length)."""
 
 
 # ------------------------------------------------------------------------ assembly
-def _assemble(name: str, config: TaskConfig, family: _Family, train_combos: np.ndarray,
-              heldout_combos: np.ndarray, *, n_classes: int | None, chance: float,
-              input_kind: str, info: dict,
-              metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-              options: dict | None = None, progress: bool = False) -> Task:
-    """Draw every split of a task from ``family`` and wrap them in the contract's types."""
+def assemble(name: str, config: TaskConfig, family: Family, train_combos: np.ndarray,
+             heldout_combos: np.ndarray, *, n_classes: int | None, chance: float,
+             input_kind: str, info: dict | None = None,
+             metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+             options: dict | None = None, progress: bool = False,
+             competence_threshold: float = COMPETENCE_THRESHOLD) -> Task:
+    """Draw every split of a task from ``family`` and wrap them in the contract's types.
+
+    Training splits (composite, each subroutine, constituents) draw from ``train_combos``; the
+    held-out split from ``heldout_combos`` (empty: nothing held out). ``n_classes``: the label
+    space shared by every view (``None`` for regression); ``chance``: the metric of a guess;
+    ``input_kind``: a word for reports ("tokens", "image", "vectors", ...).
+    """
+    info = {} if info is None else info
+    if not family.subroutines or len(set(family.subroutines)) != len(family.subroutines):
+        raise ValueError(f"a family needs distinct subroutine names, got {family.subroutines!r}")
+    if len(train_combos) == 0:
+        raise ValueError("train_combos is empty: training needs at least one combination")
     seed, n_train, n_test = config.seed, config.n_train, config.n_test
     plan: list[tuple[str, str, int, np.ndarray]] = [("composite", "train", n_train, train_combos),
                                                     ("composite", "test", n_test, train_combos)]
@@ -138,9 +166,14 @@ def _assemble(name: str, config: TaskConfig, family: _Family, train_combos: np.n
     if len(heldout_combos):
         plan += [("composite", "heldout", n_test, heldout_combos),
                  ("constituents", "heldout", n_test, heldout_combos)]
-    draws = {(view, split): family.draw(view, n, combos, _rng(seed, view, split))
+    draws = {(view, split): family.draw(view, n, combos, stream_rng(seed, view, split))
              for view, split, n, combos in tqdm(plan, desc=f"{name} task", disable=not progress)}
+    for (view, split_name, n, _), draw in zip(plan, draws.values()):
+        _check_draw(view, split_name, n, draw, n_classes)
     encoded = dict(zip(draws, family.encode([d.inputs for d in draws.values()])))
+    if len(encoded) != len(draws):
+        raise ValueError(f"encode returned {len(encoded)} input sets for {len(draws)} draws: it "
+                         "must return one per draw, in order")
 
     def subroutine(key: tuple[str, str]) -> Subroutine:
         targets = torch.from_numpy(np.ascontiguousarray(draws[key].targets))
@@ -163,10 +196,35 @@ def _assemble(name: str, config: TaskConfig, family: _Family, train_combos: np.n
                 heldout=subroutine(("composite", "heldout")) if held else None,
                 heldout_constituents=constituents("heldout") if held else None,
                 n_classes=n_classes, input_kind=input_kind,
-                options=options if options is not None else config.options(), info=info)
+                options=options if options is not None else config.options(), info=info,
+                competence_threshold=competence_threshold)
 
 
-def _groups(draw: _Draw) -> torch.Tensor:
+def _check_draw(view: str, split: str, n: int, draw: Any, n_classes: int | None) -> None:
+    """A family's draw has one target, group and constituent label per example."""
+    where = f"draw({view!r}) for the {split} split"
+    if not isinstance(draw, Draw):
+        raise TypeError(f"{where} returned {type(draw).__name__}; return a modprobe.tasks.Draw")
+    sizes = {"targets": len(draw.targets), "groups": len(draw.groups),
+             **{f"labels[{k!r}]": len(v) for k, v in draw.labels.items()}}
+    wrong = {k: v for k, v in sizes.items() if v != n}
+    if wrong:
+        raise ValueError(f"{where} asked for {n} examples but gave {wrong}")
+    targets = np.asarray(draw.targets)
+    if n_classes is not None:
+        scored = targets[targets != -100]
+        if not np.issubdtype(targets.dtype, np.integer) or (
+                scored.size and (scored.min() < 0 or scored.max() >= n_classes)):
+            raise ValueError(f"{where}: targets must be integers in 0..{n_classes - 1} (or -100 "
+                             f"for ignored positions), got dtype {targets.dtype}, range "
+                             f"{scored.min() if scored.size else None}.."
+                             f"{scored.max() if scored.size else None}")
+    elif not np.issubdtype(targets.dtype, np.floating):
+        raise ValueError(f"{where}: n_classes=None means regression, so targets must be floats, "
+                         f"got {targets.dtype}; pass n_classes= for class labels")
+
+
+def _groups(draw: Draw) -> torch.Tensor:
     return torch.from_numpy(draw.groups.astype(np.int64))
 
 
@@ -176,14 +234,14 @@ def _label_tensor(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(values.astype(np.int64))
 
 
-def _rng(seed: int, *stream: str) -> np.random.Generator:
+def stream_rng(seed: int, *stream: str) -> np.random.Generator:
     """An independent generator per named stream (crc32, not ``hash``: stable across runs)."""
     keys = [zlib.crc32(s.encode()) for s in stream]
     return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
 
 
 # ------------------------------------------------------------------------ balanced sampling
-def _balanced(rng: np.random.Generator, n: int, weights: Sequence[float]) -> np.ndarray:
+def balanced(rng: np.random.Generator, n: int, weights: Sequence[float]) -> np.ndarray:
     """``n`` cell ids, shuffled, with counts as close to ``n * weights`` as integers allow."""
     weights = np.asarray(weights, dtype=float) / np.sum(weights)
     counts = np.floor(n * weights).astype(int)
@@ -192,9 +250,9 @@ def _balanced(rng: np.random.Generator, n: int, weights: Sequence[float]) -> np.
     return rng.permutation(np.repeat(np.arange(len(weights)), counts))
 
 
-def _cycle(rng: np.random.Generator, n: int, values: np.ndarray) -> np.ndarray:
+def cycle(rng: np.random.Generator, n: int, values: np.ndarray) -> np.ndarray:
     """``n`` draws from ``values``: each value occurs ``n // len(values)`` times or once more."""
-    return np.asarray(values)[_balanced(rng, n, np.ones(len(values)))]
+    return np.asarray(values)[balanced(rng, n, np.ones(len(values)))]
 
 
 # Two binary relations a, b (vision, language): cells 0..3 are (a, b) = (0,0), (0,1), (1,0), (1,1).
@@ -206,7 +264,7 @@ _UNIFORM_CELLS = (1 / 4, 1 / 4, 1 / 4, 1 / 4)
 
 def _relation_cells(rng: np.random.Generator, view: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Target bits (a, b) for ``n`` examples of ``view`` of a two-relation task."""
-    cells = _balanced(rng, n, _COMPOSITE_CELLS if view == "composite" else _UNIFORM_CELLS)
+    cells = balanced(rng, n, _COMPOSITE_CELLS if view == "composite" else _UNIFORM_CELLS)
     return cells // 2, cells % 2
 
 
@@ -221,13 +279,13 @@ def _relation_targets(view: str, subroutines: Sequence[str], a: np.ndarray,
 
 
 # ------------------------------------------------------------------------ held-out combinations
-def _n_heldout(n_combos: int, frac_ood: float) -> int:
+def n_heldout(n_combos: int, frac_ood: float) -> int:
     """How many of ``n_combos`` combinations ``frac_ood`` holds out (at least one when > 0)."""
     return max(int(n_combos * frac_ood), 1) if frac_ood > 0 else 0
 
 
-def _holdout(rng: np.random.Generator, candidates: np.ndarray, n_out: int,
-             valid: Callable[[np.ndarray], bool], need: str, attempts: int = 1000) -> np.ndarray:
+def holdout(rng: np.random.Generator, candidates: np.ndarray, n_out: int,
+            valid: Callable[[np.ndarray], bool], need: str, attempts: int = 1000) -> np.ndarray:
     """Pick ``n_out`` of ``candidates`` to hold out such that ``valid(held_out)`` holds.
 
     Random splits are redrawn until valid (as in Redhardt et al.'s code); when ``attempts`` draws
@@ -241,6 +299,26 @@ def _holdout(rng: np.random.Generator, candidates: np.ndarray, n_out: int,
             return held
     raise ValueError(f"holding out {n_out} of {len(candidates)} combinations: no random choice in "
                      f"{attempts} tries keeps {need}; lower frac_ood")
+
+
+def split_combinations(combos: Sequence[int] | np.ndarray, config: TaskConfig,
+                       valid: Callable[[np.ndarray], bool] | None = None,
+                       need: str = "the training combinations valid"
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, held out)`` combination ids: ``config.frac_ood`` of ``combos`` held out, drawn
+    with ``config.seed``. ``valid(train)`` may demand what training must keep (e.g. every value of
+    each constituent); random choices are redrawn until it holds, and ``need`` names it in the
+    error when none does."""
+    combos = np.asarray(combos)
+    check = (lambda held: valid(np.setdiff1d(combos, held))) if valid else (lambda held: True)
+    held = holdout(stream_rng(config.seed, "heldout"), combos,
+                   n_heldout(len(combos), config.frac_ood), check, need)
+    return np.setdiff1d(combos, held), held
+
+
+# earlier private names, kept for code that imports them
+_Draw, _Family, _assemble, _rng, _balanced, _cycle, _n_heldout, _holdout = (
+    Draw, Family, assemble, stream_rng, balanced, cycle, n_heldout, holdout)
 
 
 # ------------------------------------------------------------------------ validation

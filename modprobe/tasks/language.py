@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import (Task, TaskConfig, _assemble, _balanced, _cycle, _Draw, _holdout, _make_config,
-                   _n_heldout, _relation_cells, _relation_targets, _rng)
+from .base import (Draw, Task, TaskConfig, assemble, balanced, cycle, holdout, n_heldout,
+                   stream_rng, _make_config, _relation_cells, _relation_targets)
+
+TOKENIZED = True  # tasks.load(..., model=m) uses m's tokenizer
 
 SUBJECTS = (("author", "authors"), ("pilot", "pilots"), ("surgeon", "surgeons"),
             ("farmer", "farmers"), ("senator", "senators"), ("teacher", "teachers"),
@@ -42,7 +44,10 @@ PLURAL_REFLEXIVE = "themselves"
 
 @dataclass(frozen=True)
 class LanguageConfig(TaskConfig):
-    """``tokenizer``: a HF tokenizer or a local tokenizer directory; ``None``: the MiniLM's."""
+    """``tokenizer``: a HF tokenizer or a local tokenizer directory; ``None``: the MiniLM's.
+
+    Analyses pass the analysed model's own tokenizer (``tasks.load("language", model=m)``).
+    """
 
     tokenizer: Any = None
 
@@ -59,6 +64,7 @@ def make(progress: bool = False, **options) -> Task:
     """The ``language`` task: composite = agreement AND anaphora correct."""
     config = _make_config(LanguageConfig, "language", options)
     tokenizer, tokenizer_name = _tokenizer(config.tokenizer)
+    _check_vocabulary(tokenizer, tokenizer_name)
     n_ante = len(ANTECEDENTS)
     pairs = np.arange(len(SUBJECTS) * n_ante)
 
@@ -66,14 +72,15 @@ def make(progress: bool = False, **options) -> Task:
         train = np.setdiff1d(pairs, held)
         return len(set(train // n_ante)) == len(SUBJECTS) and len(set(train % n_ante)) == n_ante
 
-    held = _holdout(_rng(config.seed, "heldout"), pairs, _n_heldout(len(pairs), config.frac_ood),
-                    covers, "every subject and every antecedent noun in training")
+    held = holdout(stream_rng(config.seed, "heldout"), pairs,
+                   n_heldout(len(pairs), config.frac_ood), covers,
+                   "every subject and every antecedent noun in training")
     train = np.setdiff1d(pairs, held)
     info = {"summary": "subject-verb agreement AND reflexive anaphora",
             "tokenizer": tokenizer_name,
             "train_combinations": [_pair_name(p) for p in train],
             "heldout_combinations": [_pair_name(p) for p in held]}
-    task = _assemble("language", config, _Language(tokenizer), train, held, n_classes=2,
+    task = assemble("language", config, _Language(tokenizer), train, held, n_classes=2,
                      chance=0.5, input_kind="tokens", info=info,
                      options={**config.options(), "tokenizer": tokenizer_name}, progress=progress)
     ids = task.composite.train.data[0]["input_ids"][:4]
@@ -93,11 +100,11 @@ class _Language:
         self.tokenizer = tokenizer
         self.length = _longest_sentence(tokenizer)
 
-    def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> _Draw:
+    def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> Draw:
         agreement, anaphora = _relation_cells(rng, view, n)
-        pairs = _cycle(rng, n, combos)
+        pairs = cycle(rng, n, combos)
         subject, antecedent = pairs // len(ANTECEDENTS), pairs % len(ANTECEDENTS)
-        subject_plural, antecedent_plural = _balanced(rng, n, [1, 1]), _balanced(rng, n, [1, 1])
+        subject_plural, antecedent_plural = balanced(rng, n, [1, 1]), balanced(rng, n, [1, 1])
         verb_plural = np.where(agreement == 1, subject_plural, 1 - subject_plural)
         reflexive_plural = np.where(anaphora == 1, antecedent_plural, 1 - antecedent_plural)
         verb, past = rng.integers(len(VERBS), size=n), rng.integers(len(PAST_VERBS), size=n)
@@ -110,16 +117,28 @@ class _Language:
                                                   past.tolist(), reflexive_plural.tolist())]
         labels = {"subject_number": subject_plural, "antecedent_number": antecedent_plural,
                   "agreement": agreement, "anaphora": anaphora}
-        return _Draw(sentences, _relation_targets(view, self.subroutines, agreement, anaphora),
+        return Draw(sentences, _relation_targets(view, self.subroutines, agreement, anaphora),
                      pairs, labels)
 
     def encode(self, raw: list[list[str]]) -> list[dict[str, torch.Tensor]]:
-        """Tokenise every sentence of the task at once; all splits share one padded length."""
+        """Tokenise every sentence of the task at once; all splits share one padded length.
+
+        Padding uses the tokenizer's pad token (else its end-of-text token, else id 0) on its
+        padding side; the attention mask marks the real tokens, so tokenizers that ship no pad
+        token (GPT-2's) work too.
+        """
         flat = [s for sentences in raw for s in sentences]
-        enc = self.tokenizer(flat)
-        length = max(self.length, max(len(ids) for ids in enc["input_ids"]))
-        enc = self.tokenizer.pad(enc, padding="max_length", max_length=length, return_tensors="pt")
-        ids, mask = enc["input_ids"].long(), enc["attention_mask"].long()
+        rows = self.tokenizer(flat)["input_ids"]
+        length = max(self.length, max(len(r) for r in rows))
+        tok = self.tokenizer
+        pad = next((i for i in (getattr(tok, "pad_token_id", None),
+                                getattr(tok, "eos_token_id", None)) if i is not None), 0)
+        left = getattr(tok, "padding_side", "right") == "left"
+        ids = torch.full((len(rows), length), int(pad), dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, r in enumerate(rows):
+            span = slice(length - len(r), length) if left else slice(0, len(r))
+            ids[i, span], mask[i, span] = torch.tensor(r, dtype=torch.long), 1
         bounds = np.cumsum([0] + [len(sentences) for sentences in raw])
         return [{"input_ids": ids[a:b], "attention_mask": mask[a:b]}
                 for a, b in zip(bounds[:-1], bounds[1:])]
@@ -139,6 +158,28 @@ def _longest_sentence(tokenizer: Any) -> int:
     return len(tokenizer(sentence)["input_ids"])
 
 
+def _check_vocabulary(tokenizer: Any, name: str) -> None:
+    """Every word of the template must have its own tokens, not the unknown token."""
+    words = sorted({w for pair in SUBJECTS for w in pair} | {w for pair in VERBS for w in pair}
+                   | {w for entry in ANTECEDENTS for w in entry} | set(PAST_VERBS)
+                   | {PLURAL_REFLEXIVE, "the", "that", "."})
+    unk = getattr(tokenizer, "unk_token_id", None)
+    bad = []
+    for word in words:
+        try:
+            ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        except Exception as err:  # a tokenizer that cannot take plain text at all
+            raise ValueError(f"tokenizer {name!r} cannot encode the language task: "
+                             f"{type(err).__name__}: {err}") from err
+        if not ids or (unk is not None and unk in ids):
+            bad.append(word)
+    if bad:
+        raise ValueError(f"tokenizer {name!r} cannot encode the language task: {len(bad)} of its "
+                         f"{len(words)} words become the unknown token or nothing ({bad[:8]}); "
+                         "use a model whose tokenizer covers English words, or pass tokenizer= "
+                         "one that does")
+
+
 def _tokenizer(spec: Any) -> tuple[Any, str]:
     """The tokenizer to use and a JSON-able name for it (for ``Task.options``)."""
     if spec is None:
@@ -154,7 +195,15 @@ def _tokenizer(spec: Any) -> tuple[Any, str]:
         return _load_tokenizer(str(path)), "minilm"
     if isinstance(spec, (str, os.PathLike)):
         return _load_tokenizer(str(spec)), str(spec)
-    return spec, str(getattr(spec, "name_or_path", "") or type(spec).__name__)
+    name = str(getattr(spec, "name_or_path", "") or type(spec).__name__)
+    try:
+        from ..models import minilm_path
+
+        if name == str(minilm_path()):
+            name = "minilm"  # the bundled model's tokenizer, named as when tokenizer=None
+    except ImportError:
+        pass
+    return spec, name
 
 
 @functools.lru_cache(maxsize=4)
