@@ -173,6 +173,10 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
              if out is not None else None)
 
     timings: dict[str, dict[str, Any]] = {}
+    # The twin is copied before anything runs the model: a bridge that has run forward passes
+    # can hold non-leaf tensors that deepcopy refuses.
+    twin_module = (reinitialize(hm, seed=config.seed).module
+                   if config.twin_check and not (store and store.done("twin.json")) else None)
     with _timed(timings, "fit"):
         fitted, readout, fit_result = _fit_stage(hm, task, config, store)
 
@@ -194,7 +198,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
         timings=timings)
 
     twin = _cached(store, "twin.json", lambda: _twin_check(
-        fitted, train, validation, subnetworks, config),
+        fitted.with_module(twin_module), train, validation, subnetworks, config),
         save=lambda found, p: _write_stage(p, "twin", {"subnetworks": found}),
         load=lambda p: _read_stage(p, "twin", lambda d: d["subnetworks"]),
         timings=timings) if config.twin_check else {}
@@ -270,12 +274,13 @@ def _fit_stage(hm: HookedModel, task: Any, config: AnalysisConfig, store: "_Stor
     return fitted, readout, result
 
 
-def _twin_check(fitted: HookedModel, train: dict[str, Subroutine],
+def _twin_check(twin: HookedModel, train: dict[str, Subroutine],
                 validation: dict[str, Subroutine], subnetworks: dict[str, Any],
                 config: AnalysisConfig) -> dict[str, Any]:
-    """Each subroutine's chosen search (its selected λ, no necessity rounds) on a random-init
-    twin: ``{name: {"keep_only", "full", "density", "data"}}`` on validation data if any."""
-    twin = reinitialize(fitted, seed=config.seed)
+    """Each subroutine's chosen search (its selected λ, no necessity rounds) on ``twin`` (the
+    user's architecture re-initialised, read like the fitted model):
+    ``{name: {"keep_only", "full", "full_trained", "density", "data"}}``, on validation data
+    when there is any."""
     out = {}
     for name, sub in subnetworks.items():
         cfg = dataclasses.replace(sub.config, necessity="none")

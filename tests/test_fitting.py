@@ -182,7 +182,7 @@ def test_finetuning_a_model_with_the_tasks_output_format_needs_no_new_head():
 def test_fit_modes_and_the_older_finetune_flag():
     assert FitConfig(finetune=False).mode == "head" and FitConfig().mode == "finetune"
     assert FitConfig(mode="as_is").finetune is None
-    with pytest.raises(ValueError, match="fit mode must be one of"):
+    with pytest.raises(ValueError, match="unknown mode .frozen.; choose one of"):
         FitConfig(mode="frozen")
     with pytest.raises(ValueError, match="contradicts"):
         FitConfig(mode="as_is", finetune=True)

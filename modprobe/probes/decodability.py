@@ -27,7 +27,7 @@ from .linear import ENGINES, fit_predict, free_cores
 from .mdl import online_code, transmission_order
 from .report import ProbeReport
 from .._stats import CORRECTIONS, adjust_pvalues
-from .._validate import Bool, Device, Int, OneOf, Real, as_tuple, check
+from .._validate import Bool, Device, Int, OneOf, Real, Strings, as_tuple, check
 from .stats import bootstrap_ci, permutation_pvalue, score
 
 
@@ -72,8 +72,9 @@ class ProbeConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        measure = (self.measure,) if isinstance(self.measure, str) else tuple(self.measure)
-        object.__setattr__(self, "measure", tuple(dict.fromkeys(("accuracy", *measure))))
+        as_tuple(self, "measure")
+        check(self, {"measure": Strings()})
+        object.__setattr__(self, "measure", tuple(dict.fromkeys(("accuracy", *self.measure))))
         as_tuple(self, "c_grid", "alpha_grid", scalars=True)
         check(self, {"pooling": OneOf(POOLINGS), "cv": Int(2), "inner_cv": Int(2),
                      "control": Bool(), "seed": Int(0), "engine": OneOf(ENGINES),
