@@ -452,8 +452,7 @@ def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
     if not judged:
         head = "No subnetwork could be judged (each needs its own and another eval task)."
     elif all(e["verdict"] == "cannot judge" for e in judged):
-        head = ("Cannot judge: the model does not solve the subroutines, so no modularity claim "
-                "can be made.")
+        head = f"Cannot judge: {judged[0]['reason']}."
     elif len(isolated) == len(judged):
         head = (f"Modular: all {len(judged)} subnetworks are isolated (each is sufficient for its "
                 "subroutine, ablating its necessary set hurts that subroutine beyond size-matched "
