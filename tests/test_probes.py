@@ -447,3 +447,36 @@ def test_a_task_like_object_stands_for_inputs_labels_and_groups():
                             heldout=(torch.arange(20), {"y": y[:20]}, group[:20]), **FAST)
     assert via_object.rows == explicit.rows
     assert via_object.configs["model"]["groups"] is True
+
+
+# ----------------------------------------------------------------- robustness
+def test_a_constant_constituent_is_left_out_with_a_warning_not_an_error():
+    n = 120
+    y = torch.arange(n) % 2
+    tables = [torch.randn(n, 8, generator=_gen(4)) + 2.0 * y[:, None]]
+    with pytest.warns(UserWarning, match="'unused' takes one value"):
+        report = decodability(Stored(tables), torch.arange(n),
+                              {"y": y, "unused": torch.zeros(n)}, **FAST)
+    assert {r["constituent"] for r in report.rows} == {"y"}
+    with pytest.raises(ValueError, match="constant"):  # alone, it is still an error
+        decodability(Stored(tables), torch.arange(n), {"unused": torch.zeros(n)}, **FAST)
+
+
+def test_eigh_falls_back_when_lapack_does_not_converge(monkeypatch):
+    from modprobe.probes import solver
+
+    m = torch.randn(3, 6, 6, generator=_gen(5))
+    m = m @ m.transpose(1, 2)
+    expected = torch.linalg.eigh(m)[0]
+    real, calls = torch.linalg.eigh, []
+
+    def fails_once(x):
+        calls.append(x.dtype)
+        if len(calls) == 1:
+            raise torch.linalg.LinAlgError("the algorithm failed to converge")
+        return real(x)
+
+    monkeypatch.setattr(torch.linalg, "eigh", fails_once)
+    values, _ = solver.eigh(m)
+    assert calls == [torch.float32, torch.float64]
+    assert values.dtype == m.dtype and torch.allclose(values, expected, rtol=1e-4, atol=1e-4)

@@ -9,6 +9,8 @@ intervals, permutation p-values corrected across hooks x constituents, and the h
 """
 from __future__ import annotations
 
+import warnings
+
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
@@ -318,6 +320,11 @@ def _constituents(data: _Data, held: _Data | None) -> list[_Constituent]:
             if (held_arr.dtype.kind == "f") != (arr.dtype.kind == "f"):
                 raise TypeError(f"constituent {name!r} is {arr.dtype} but its heldout labels are "
                                 f"{held_arr.dtype}: use one kind (classes or floats) for both")
+        if len(np.unique(arr)) < 2 and len(data.labels) > 1:
+            # e.g. the strength of a module no training combination uses: nothing to decode
+            warnings.warn(f"constituent {name!r} takes one value ({arr[0]!r}) in every example; "
+                          "it is left out of the probes", stacklevel=4)
+            continue
         parts.append(_constituent(name, arr, held_arr))
     return parts
 

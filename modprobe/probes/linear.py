@@ -201,12 +201,12 @@ def _ridge_chunk(pairs, features, splits, labels, reg, dev) -> list[torch.Tensor
     x = x * weights
     alpha = _per_problem(reg, pairs).to(dev, torch.float64)  # (B, L, G)
     if x.shape[2] <= x.shape[1]:  # primal: (X'X + alpha) w = X'y
-        eigval, eigvec = torch.linalg.eigh(x.transpose(1, 2) @ x)
+        eigval, eigvec = solver.eigh(x.transpose(1, 2) @ x)
         proj = eigvec.transpose(1, 2) @ (x.transpose(1, 2) @ y)  # (B, D, L)
         coef = torch.einsum("bdk,bklg->bdlg", eigvec,
                             proj.unsqueeze(-1) / (eigval[:, :, None, None] + alpha[:, None]))
     else:  # dual: w = X'(XX' + alpha)^-1 y, cheaper when examples < features
-        eigval, eigvec = torch.linalg.eigh(x @ x.transpose(1, 2))
+        eigval, eigvec = solver.eigh(x @ x.transpose(1, 2))
         proj = eigvec.transpose(1, 2) @ y  # (B, n, L)
         coef = torch.einsum("bnd,bnk,bklg->bdlg", x, eigvec,
                             proj.unsqueeze(-1) / (eigval[:, :, None, None] + alpha[:, None]))

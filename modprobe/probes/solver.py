@@ -24,14 +24,31 @@ _ROUNDING = 1e-6  # float32 losses differ by rounding near the optimum: accept s
 _FTOL = 1e-7  # relative loss decrease that counts as no progress in float32
 
 
+def eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of symmetric PSD matrices (batched), robust to ill-conditioning.
+
+    LAPACK's divide-and-conquer solver can fail to converge on nearly singular Gram matrices
+    (seen on width-512 activations); then each matrix is solved in float64 with a diagonal
+    jitter of 1e-10 of its mean eigenvalue, which moves no eigenvalue measurably.
+    """
+    try:
+        return torch.linalg.eigh(m)
+    except torch.linalg.LinAlgError:
+        m64 = m.to(torch.float64)
+        scale = torch.diagonal(m64, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
+        eye = torch.eye(m.shape[-1], dtype=m64.dtype, device=m.device)
+        eigval, eigvec = torch.linalg.eigh(m64 + 1e-10 * scale[..., None, None] * eye)
+        return eigval.to(m.dtype), eigvec.to(m.dtype)
+
+
 def spectrum(feats: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Nonzero spectrum (b, r) and eigenvectors (b, D, r), r = min(D, n), of the row-weighted
     feature covariance ``feats' diag(w) feats``."""
     a = feats * w[:, :, None].sqrt()
     if a.shape[2] <= a.shape[1]:
-        eigval, eigvec = torch.linalg.eigh(a.transpose(1, 2) @ a)
+        eigval, eigvec = eigh(a.transpose(1, 2) @ a)
         return eigval.clamp_min(0), eigvec
-    eigval, left = torch.linalg.eigh(a @ a.transpose(1, 2))  # more features than rows: Gram
+    eigval, left = eigh(a @ a.transpose(1, 2))  # more features than rows: Gram
     eigval = eigval.clamp_min(0)
     eigvec = (a.transpose(1, 2) @ left) / eigval.clamp_min(1e-12).sqrt()[:, None, :]
     return eigval, eigvec * (eigval > 1e-12)[:, None, :]
