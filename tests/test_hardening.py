@@ -414,7 +414,8 @@ def test_property_entry_points_give_a_clean_result_or_a_clean_error(n_in, n_out,
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
     x = torch.randn(n_in, width)
-    y = {"classes": torch.randint(0, 2, (n_out,)), "too many classes": torch.randint(0, 5, (n_out,)),
+    too_many = torch.cat([torch.tensor([4]), torch.randint(0, 5, (12,))])[:n_out]  # has a 4
+    y = {"classes": torch.randint(0, 2, (n_out,)), "too many classes": too_many,
          "float": torch.randn(n_out), "float pairs": torch.randn(n_out, 2),
          "bool": torch.rand(n_out) > 0.5}[kind]
     try:
