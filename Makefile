@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test bench bench-env install clean
+.PHONY: demo test bench validity bench-env install clean
 
 # Re-installs only when pyproject.toml is newer than the stamp.
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,10 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	for b in benchmarks/bench_*.py; do $(OFFLINE) $(PY) $$b || exit 1; done
+
+# The planted-model validity suite (about 40 minutes on 2 cores): verdicts against known answers.
+validity: $(VENV)/.installed
+	$(OFFLINE) $(PY) benchmarks/validity.py --jobs 2
 
 # The pruning benchmark compares with NeuroSurgeon 0.1.0, installed only in this separate venv.
 bench-env:
