@@ -2,7 +2,7 @@
 
 Pipeline: models -> tasks -> pruning -> ablation -> probes -> report.
 """
-from . import ablation, probes, pruning, scratch, tasks
+from . import ablation, probes, pruning, scratch, tasks, validate
 from .analysis import Analysis, AnalysisConfig, analyze
 from .comparison import Comparison, compare
 from .models import HookedModel, load_model, reinitialize, wrap
@@ -11,5 +11,5 @@ from .sweeps import sweep
 
 __all__ = ["Analysis", "AnalysisConfig", "Comparison", "HookedModel", "Subroutine", "ablation",
            "analyze", "compare", "load_model", "probes", "pruning", "reinitialize", "scratch",
-           "sweep", "tasks", "wrap"]
+           "sweep", "tasks", "validate", "wrap"]
 __version__ = "0.1.0"
