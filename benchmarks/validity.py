@@ -7,7 +7,7 @@ module, and the ablation effect with its conservative lower end.
 
     .venv/bin/python benchmarks/validity.py                      # 9 families x (32, 256) x 5 seeds
     .venv/bin/python benchmarks/validity.py --families branches rotated --seeds 0 1 --widths 32
-    .venv/bin/python benchmarks/validity.py --jobs 2 --out runs/validity.json
+    .venv/bin/python benchmarks/validity.py --jobs 2 --out runs/validity.json   # 1 thread per job
     .venv/bin/python benchmarks/validity.py --necessity none     # sufficiency only, for contrast
 
 Target (issue 12): the right verdict in >= 90% of cells and no false "isolated" on the
@@ -19,19 +19,9 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import torch
-
 from modprobe import pruning, validate
-
-
-def _cell(args: tuple[str, int, int, str]) -> list[dict]:
-    torch.set_num_threads(1)
-    family, width, seed, necessity = args
-    return validate.run_cell(family, width, seed,
-                             mask_config=pruning.MaskConfig(necessity=necessity))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,14 +36,12 @@ def main(argv: list[str] | None = None) -> int:
                         "necessity searches), to see what peeling changes")
     parser.add_argument("--out", type=Path, default=None, help="also write every row as JSON")
     args = parser.parse_args(argv)
-    cells = [(f, w, s, args.necessity) for f in args.families for w in args.widths
-             for s in args.seeds]
     start = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs) as pool:
-        rows = [row for rows in pool.map(_cell, cells) for row in rows]
-    report = validate.ValidityReport(rows=rows, summary=validate.summarize(rows))
+    report = validate.run_suite(args.families, args.widths, args.seeds, jobs=args.jobs,
+                                mask_config=pruning.MaskConfig(necessity=args.necessity))
+    cells = len(args.families) * len(args.widths) * len(args.seeds)
     elapsed = time.perf_counter() - start
-    print(f"{len(cells)} cells, {len(rows)} subnetworks, {elapsed / 60:.1f} min "
+    print(f"{cells} cells, {len(report.rows)} subnetworks, {elapsed / 60:.1f} min "
           f"({args.jobs} process{'es' if args.jobs > 1 else ''})\n")
     print(report.summary_table())
     print(f"\nright verdicts: {report.right_fraction:.1%}; false 'isolated': "
@@ -61,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table())
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows, "summary": report.summary}, indent=1,
+        args.out.write_text(json.dumps({"rows": report.rows, "summary": report.summary}, indent=1,
                                        default=str))
     return 0 if report.right_fraction >= 0.9 and not report.false_isolated else 1
 

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from . import _io, _validate, ablation, probes, pruning, tasks
 from ._results import format_table
 from .ablation._run import STRATEGIES
+from .ablation._verdict import twin_caution
 from .fitting import FitConfig, FitResult, Readout, competence, fit, reading_model
 from .models import HookedModel, load_model, reinitialize
 from .report import write_report
@@ -228,7 +229,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
         load=lambda p: _read_stage(p, "erasure", probes.ErasureReport.from_dict),
         timings=timings)
 
-    _add_twin_evidence(ablation_report.isolation, twin, subnetworks)
+    _add_twin_evidence(ablation_report.isolation, twin, config.verdict_rules)
     results = _results(hm, task, config, label, fit_result, subnetworks, ablation_report,
                        probe_report)
     if erasure_report is not None:
@@ -297,23 +298,16 @@ def _twin_check(twin: HookedModel, train: dict[str, Subroutine],
 
 
 def _add_twin_evidence(isolation: list[dict[str, Any]], twin: dict[str, Any],
-                       subnetworks: dict[str, Any]) -> None:
-    """Put the twin's keep-only score beside each verdict; caution when random weights masked
-    the same way perform the subroutine about as well as the trained model does."""
+                       rules: ablation.VerdictRules) -> None:
+    """Put the twin's keep-only score beside each verdict, and its caution in the reason."""
     for entry in isolation:
         found = twin.get(entry["subnetwork"])
         if not found or entry.get("verdict") in (None, "cannot judge"):
             continue
-        chance = entry["chance_target"]
-        entry["twin_keep_only"] = found["keep_only"]
-        entry["creatable"] = found["keep_only"] >= chance + 0.8 * (found["full_trained"] - chance)
-        if entry["creatable"]:
-            entry["reason"] += (
-                f"; caution: a mask on a random-init twin also performs {entry['target_task']} "
-                f"(keep-only {found['keep_only']:.3f} vs the trained model's "
-                f"{found['full_trained']:.3f}), so the subnetwork's sufficiency cannot separate "
-                "finding the function from creating it; the ablation evidence is about the "
-                "trained weights and stands")
+        caution = twin_caution(entry, found["keep_only"], found["full_trained"], rules)
+        entry["twin_keep_only"], entry["creatable"] = found["keep_only"], caution is not None
+        if caution:
+            entry["reason"] += "; " + caution
 
 
 def _cached(store: "_Store | None", name: str, compute: Callable[[], Any],

@@ -111,3 +111,11 @@ def _judge(full=None, keep=0.95, ablate=0.5, other_after=0.95, p_holm=0.01, p_ot
 ])
 def test_each_verdict_follows_from_its_evidence(case, expected):
     assert _judge(**case) == expected
+
+
+def test_a_twin_that_performs_the_subroutine_adds_a_caution_and_one_that_fails_does_not():
+    from modprobe.ablation._verdict import twin_caution
+
+    entry = {"chance_target": 0.5, "target_task": "A"}
+    assert twin_caution(entry, 0.52, 0.95, VerdictRules()) is None
+    assert "random-init twin also performs A" in twin_caution(entry, 0.9, 0.95, VerdictRules())

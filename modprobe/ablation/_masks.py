@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import torch
 
 GRANULARITIES = ("weight", "neuron", "head")
@@ -252,8 +253,6 @@ def _separation(a: _Spec, b: _Spec, n: int, seed: int) -> dict[str, Any] | None:
     correction. Modules that run on their own weights give an overlap far below chance; weights
     that serve both subroutines do not. ``None`` when the two mask no tensor in common.
     """
-    import numpy as np
-
     common = [p for p in a.masks if p in b.masks]
     if not common:
         return None

@@ -126,3 +126,19 @@ def judge(name: str, target: str, value: Callable[[str, str], float],
         f"{o['task']}'s subnetwork keeps off its weights ({o['overlap']} units in common, "
         f"{o['overlap_expected']:.1f} expected, p_separate = {o['p_separate']:.3f})"
         for o in others if o.get("p_separate") is not None) or "no overlap was checked")
+
+
+def twin_caution(entry: dict[str, Any], twin_keep_only: float, trained_full: float,
+                 rules: VerdictRules) -> str | None:
+    """The caution a verdict gains when the same mask search on a random-init twin also performs
+    the subroutine (keep-only reaches ``faithful`` of the way from chance to the trained model's
+    full score): sufficiency then cannot separate finding the function from creating it. The
+    ablation evidence is about the trained weights and stands; ``None`` when there is no doubt.
+    """
+    chance = entry["chance_target"]
+    if twin_keep_only < chance + rules.faithful * (trained_full - chance):
+        return None
+    return (f"caution: a mask on a random-init twin also performs {entry['target_task']} "
+            f"(keep-only {twin_keep_only:.3f} vs the trained model's {trained_full:.3f}), so the "
+            "subnetwork's sufficiency cannot separate finding the function from creating it; "
+            "the ablation evidence is about the trained weights and stands")
