@@ -75,10 +75,13 @@ class AnalysisConfig:
     compression). ``erasure``: also erase every constituent at every probed hook with LEACE and
     score each subroutine against ``erasure_random`` random-direction erasures of the same rank.
     ``fit``: a :class:`FitConfig`, or just its mode: ``"finetune"``, ``"head"`` or ``"as_is"``.
+    ``scratch_fit``: how :func:`modprobe.compare` trains each random-init twin (from scratch,
+    :meth:`FitConfig.scratch`); an analysis of one model uses ``fit`` only.
     """
 
     seed: int = 0
     fit: FitConfig = FitConfig()
+    scratch_fit: FitConfig = FitConfig.scratch()
     mask_params: tuple[str, ...] | None = None
     mask_epochs: int = 20
     mask_lambda: float | tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
@@ -399,9 +402,12 @@ def _results(hm: HookedModel, task: Any, config: AnalysisConfig, label: str, fit
             for name, s in subnetworks.items()}
     isolation = _isolation_scalar(ablation_report.isolation)
     decod = probe_report.decodability_of(label) if probe_report.rows else None
+    bid = ablation.break_it_down_scores(ablation_report.rows)
     scalars = {"task_metric": fit_result.test,
                "density": sum(s.density for s in subnetworks.values()) / len(subnetworks),
-               "isolation": isolation, "decodability": decod}
+               "isolation": isolation, "decodability": decod,
+               "subnetwork_score": ablation.mean_score(bid, "subnetwork_score"),
+               "ablation_score": ablation.mean_score(bid, "ablation_score")}
     return {
         "schema_version": SCHEMA_VERSION, "kind": "analysis", "label": label,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -411,7 +417,7 @@ def _results(hm: HookedModel, task: Any, config: AnalysisConfig, label: str, fit
                  "n_classes": task.n_classes},
         "fit": fit_result.to_dict(), "subnetworks": subs,
         "ablation": ablation_report.to_dict(), "probes": probe_report.to_dict(),
-        "scalars": scalars,
+        "break_it_down": bid, "scalars": scalars,
         "verdict": _verdict(ablation_report.isolation, probe_report, label, fit_result,
                             task.competence_threshold),
     }

@@ -62,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXAMPLES)
     common(compare)
     compare.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    compare.add_argument("--scratch-epochs", type=int, default=None,
+                         help="most epochs a random-init twin trains from scratch (default 40; "
+                         "it stops once its held-out share reaches --scratch-stop-at)")
+    compare.add_argument("--scratch-lr", type=float, default=None,
+                         help="the twin's learning rate, after warm-up, with cosine decay "
+                         "(default 3e-4)")
+    compare.add_argument("--scratch-stop-at", type=float, default=None,
+                         help="stop training a twin once 10%% of its training data held out "
+                         "score this (default 0.98)")
     report = sub.add_parser("report", help="re-render report.html from a run's results.json")
     report.add_argument("run", type=Path, help="a directory holding results.json")
     demo = sub.add_parser("demo", help="the bundled MiniLM vs its random-init twin (minutes)")
@@ -165,6 +174,13 @@ def _config(args: argparse.Namespace) -> Any:
               else AnalysisConfig(seed=args.seed, **overrides))
     if args.fit:
         config = dataclasses.replace(config, fit=dataclasses.replace(config.fit, mode=args.fit))
+    scratch = {field: value for field, value in (
+        ("epochs", getattr(args, "scratch_epochs", None)),
+        ("backbone_lr", getattr(args, "scratch_lr", None)),
+        ("stop_at", getattr(args, "scratch_stop_at", None))) if value is not None}
+    if scratch:
+        config = dataclasses.replace(config,
+                                     scratch_fit=dataclasses.replace(config.scratch_fit, **scratch))
     return config
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -33,6 +34,7 @@ from .models import POOLS, HookedModel, Reading, default_reading
 from .subroutine import Subroutine, evaluate, move_to
 
 FIT_MODES = ("finetune", "head", "as_is")
+SCHEDULES = ("constant", "cosine")
 COMPETENCE_THRESHOLD = 0.5  # fraction of the way from chance to a perfect score
 HEAD_POOLINGS = ("none", "first", "last", "mean", "spatial_mean", "flatten", "positions")
 
@@ -78,6 +80,13 @@ class FitConfig:
     ``"mean"``, ``None`` (leave it) or ``"auto"`` (the architecture's choice). ``solved_at``: a
     model whose own output already scores this much is analysed as it is, whatever the mode.
     ``finetune``: the older spelling of the mode (True: ``"finetune"``, False: ``"head"``).
+
+    The optimisation: AdamW with ``lr`` for the head and ``backbone_lr`` for a fine-tuned
+    backbone, ``weight_decay``, a linear warm-up over the first ``warmup`` share of the steps,
+    then a constant rate (``schedule="constant"``) or a cosine decay to zero (``"cosine"``).
+    ``stop_at``: stop after the epoch whose metric on a held-out ``validation_fraction`` of the
+    training data reaches this value (the test data are never looked at). :meth:`scratch` is the
+    recipe for a randomly initialised network, which a fine-tuning recipe does not train.
     """
 
     epochs: int = 8
@@ -91,12 +100,23 @@ class FitConfig:
     mode: str = "finetune"
     read_at: str | None = None
     pool: str | None = "auto"
+    weight_decay: float = 0.0
+    warmup: float = 0.0
+    schedule: str = "constant"
+    stop_at: float | None = None
+    validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         check(self, {"epochs": Int(1), "lr": Real(0, low_open=True), "finetune": Bool(none=True),
                      "backbone_lr": Real(0, low_open=True), "batch_size": Int(1), "seed": Int(0),
                      "solved_at": Real(), "progress": Bool(), "mode": OneOf(FIT_MODES),
-                     "read_at": Text(none=True)})
+                     "read_at": Text(none=True), "weight_decay": Real(0),
+                     "warmup": Real(0, 1, high_open=True), "schedule": OneOf(SCHEDULES),
+                     "stop_at": Real(none=True),
+                     "validation_fraction": Real(0, 1, high_open=True)})
+        if self.stop_at is not None and self.validation_fraction == 0:
+            raise ValueError(f"stop_at={self.stop_at} stops on held-out training data, but "
+                             "validation_fraction is 0: set e.g. validation_fraction=0.1")
         if self.finetune is not None:
             implied = "finetune" if self.finetune else "head"
             if self.mode not in ("finetune", implied):
@@ -107,6 +127,19 @@ class FitConfig:
         if self.pool not in (None, "auto", *POOLS):
             raise ValueError(f"pool must be None, 'auto' or one of {list(POOLS)}, "
                              f"got {self.pool!r}")
+
+    @classmethod
+    def scratch(cls, **overrides: Any) -> "FitConfig":
+        """The from-scratch recipe for a randomly initialised network (e.g. a random-init twin):
+        the whole network trained at ``backbone_lr`` 3e-4 with 10% warm-up and cosine decay,
+        weight decay 0.01, up to 40 epochs, stopping once 10% of the training data held out
+        reach ``stop_at`` 0.98. ``docs/comparison.md`` records what it takes for MiniLM's
+        architecture to learn the language task this way."""
+        settings: dict[str, Any] = dict(mode="finetune", epochs=40, lr=1e-3, backbone_lr=3e-4,
+                                        weight_decay=0.01, warmup=0.1, schedule="cosine",
+                                        stop_at=0.98, validation_fraction=0.1)
+        settings.update(overrides)
+        return cls(**settings)
 
 
 @dataclass
@@ -168,18 +201,21 @@ def fit(model: HookedModel, composite_train: Subroutine, composite_test: Subrout
     own_head = finetune and fits_raw  # fine-tune the model's own output, no new head
     reading = own if own_head else _reading(model, composite_train, config)
     reader = reading_model(model, reading)
+    fit_data, validation = composite_train, None
+    if config.validation_fraction > 0:
+        fit_data, validation = composite_train.holdout(config.validation_fraction, seed=config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        readout = None if own_head else _make_readout(reader, composite_train, n_outputs)
+        readout = None if own_head else _make_readout(reader, fit_data, n_outputs)
         if finetune:
             reader = reader.with_module(copy.deepcopy(model.module))
         if readout is not None:
             readout.to(reader.device)
-        history = _train(reader, readout, composite_train, config)
+        history = _train(reader, readout, fit_data, config, validation)
     if readout is not None:
         readout.eval().requires_grad_(False)
     return reader, readout, result(reader, readout, head=readout is not None, finetuned=finetune,
-                                   epochs=config.epochs, history=history, reading=reading,
+                                   epochs=len(history), history=history, reading=reading,
                                    as_is=as_is)
 
 
@@ -250,24 +286,32 @@ def _training(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _train(model: HookedModel, readout: Readout | None, data: Subroutine, config: FitConfig
-           ) -> list[dict[str, float]]:
+def _train(model: HookedModel, readout: Readout | None, data: Subroutine, config: FitConfig,
+           validation: Subroutine | None = None) -> list[dict[str, float]]:
+    """Optimise the head (and a fine-tuned backbone) on ``data``; one history row per epoch.
+
+    With ``config.stop_at``, each epoch ends with the metric on ``validation`` (eval mode), and
+    training stops at the first epoch that reaches it.
+    """
     finetune = config.mode == "finetune"
     groups = []
     if readout is not None:
         groups.append({"params": list(readout.parameters()), "lr": config.lr})
     if finetune:
         groups.append({"params": list(model.module.parameters()), "lr": config.backbone_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    history = []
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     train_data = dataclasses.replace(data, batch_size=config.batch_size)
+    n_batches = sum(1 for _ in train_data.batches())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _rate(config, config.epochs * n_batches))
+    history = []
     read = readout if readout is not None else data.read
     bar = tqdm(range(config.epochs), desc="fit on composite task", disable=not config.progress,
                leave=False)
-    # a fine-tuned copy trains in train mode; a frozen backbone stays in eval mode, so the
-    # user's model (its BatchNorm statistics included) is never changed
-    with (_training(model.module) if finetune else model.evaluating()):
-        for epoch in bar:
+    for epoch in bar:
+        # a fine-tuned copy trains in train mode; a frozen backbone stays in eval mode, so the
+        # user's model (its BatchNorm statistics included) is never changed
+        with (_training(model.module) if finetune else model.evaluating()):
             total, count = 0.0, 0
             for inputs, targets in train_data.batches(shuffle_seed=config.seed * 1000 + epoch):
                 inputs, targets = move_to(inputs, model.device), targets.to(model.device)
@@ -278,14 +322,36 @@ def _train(model: HookedModel, readout: Readout | None, data: Subroutine, config
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                scheduler.step()
                 total += loss.item() * len(targets)
                 count += len(targets)
-            history.append({"epoch": epoch, "loss": total / count})
-            bar.set_postfix(loss=f"{total / count:.3f}")
+        row = {"epoch": epoch, "loss": total / count}
+        if config.stop_at is not None and validation is not None:
+            row["validation"] = _evaluate(model, readout, validation)
+        history.append(row)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
+        if "validation" in row and row["validation"] >= config.stop_at:
+            break
     if finetune:
         for p in model.module.parameters():
             p.grad = None
     return history
+
+
+def _rate(config: FitConfig, steps: int) -> Callable[[int], float]:
+    """Multiplier of the learning rates at each optimiser step: linear warm-up, then constant or
+    cosine decay to zero at ``steps``."""
+    warm = int(config.warmup * steps)
+
+    def rate(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if config.schedule == "cosine":
+            done = (step - warm) / max(steps - warm, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        return 1.0
+
+    return rate
 
 
 def _make_readout(model: HookedModel, data: Subroutine, n_outputs: int) -> Readout:

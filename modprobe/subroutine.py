@@ -68,6 +68,9 @@ class Subroutine:
     ``data``: ``(inputs, targets)`` tensors (inputs may be a dict of tensors, e.g. a tokenizer's
     output), a torch ``Dataset`` of pairs, or a re-iterable of ``(inputs, targets)`` batches.
     ``readout(output) -> logits`` picks what the model output means for this subroutine;
+    ``reduce(logits) -> logits`` then maps the task's shared label space to this subroutine's
+    (e.g. the marginal over the other relation of a joint head), and is kept when an analysis
+    replaces ``readout`` with its fitted head;
     ``loss(logits, targets)`` and ``metric(logits, targets)`` default by target dtype;
     ``chance`` is the metric of a guess (default: majority-class rate, 0 for regression).
     """
@@ -78,6 +81,7 @@ class Subroutine:
     metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     chance: float | None = None
     batch_size: int = 64
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.data, Iterator):  # one-shot generators would be empty on epoch 2
@@ -157,6 +161,10 @@ class Subroutine:
 
     def read(self, output: Any) -> torch.Tensor:
         """Logits (or predictions) for this subroutine from the model's output."""
+        logits = self._logits(output)
+        return logits if self.reduce is None else self.reduce(logits)
+
+    def _logits(self, output: Any) -> torch.Tensor:
         if self.readout is not None:
             return self.readout(output)
         if isinstance(output, torch.Tensor):

@@ -37,7 +37,7 @@ def gpt2_directory(path: Path, seed: int = 0) -> Path:
 class BatchNormCNN(nn.Module):
     """Two conv blocks with BatchNorm, dropout before the class logits (ResNet-style stem)."""
 
-    def __init__(self, n_classes: int = 2, width: int = 16):
+    def __init__(self, n_classes: int = 4, width: int = 16):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),

@@ -39,7 +39,10 @@ def check_schema(results):
                       "task": dict, "fit": dict, "subnetworks": dict, "ablation": dict,
                       "probes": dict, "scalars": dict, "verdict": dict}.items():
         assert isinstance(results[key], kind), key
-    assert set(results["scalars"]) == {"task_metric", "density", "isolation", "decodability"}
+    assert set(results["scalars"]) == {"task_metric", "density", "isolation", "decodability",
+                                       "subnetwork_score", "ablation_score"}
+    assert {"model", "subnetwork", "subnetwork_score", "ablation_score"} <= set(
+        results["break_it_down"][0])
     assert {"text", "isolated", "verdicts", "evidence"} <= set(results["verdict"])
     stages = {"fit", "masks", "twin", "ablation", "probes"}
     assert set(results["timings"]) == stages | ({"erasure"} if results["config"]["erasure"] else set())
@@ -117,17 +120,41 @@ def test_resuming_after_the_pruning_defaults_changed_is_refused(planted, analysi
         mp.analyze(planted[0], planted[1], out=analysis.out, config=CONFIG)
 
 
-def test_compare_finds_the_planted_model_more_isolated_than_its_random_twins(planted, tmp_path):
+def test_compare_finds_the_planted_model_more_isolated_than_twins_trained_densely(planted,
+                                                                                 tmp_path):
+    """The planted model was trained block-diagonally; its twins are trained from scratch on the
+    same composite task without that constraint, so both arms solve the task (matched
+    competence) and only the planted arm is modular."""
     cmp = mp.compare(planted[0], planted[1], seeds=(0, 1, 2), out=tmp_path, config=CONFIG)
-    iso = {r["metric"]: r for r in cmp.report.rows}["isolation"]
-    assert all(p.scalars["isolation"] > r.scalars["isolation"] + 0.2
-               for p, r in zip(cmp.pretrained, cmp.random))
+    assert cmp.report.seeds == [0, 1, 2] and all(arm["learned"] for arm in cmp.report.arms)
+    rows = {r["metric"]: r for r in cmp.report.rows}
+    iso = rows["isolation"]
+    assert iso["random_task_metric"] > 0.75 and iso["pretrained_task_metric"] > 0.9
     assert iso["ci_low"] > 0 and cmp.verdict.startswith("Pretrained subnetworks are more isolated")
+    assert iso["pretrained_ci_low"] < iso["pretrained_mean"] < iso["pretrained_ci_high"]
+    assert rows["subnetwork_score"]["published"] == "+0.35 to +0.74"
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["kind"] == "comparison" and len(results["random"]) == 3
+    assert results["random"][0]["fit"]["epochs"] <= CONFIG.scratch_fit.epochs
     for run in results["pretrained"] + results["random"]:
         check_schema(run)
     assert (tmp_path / "random-seed1" / "results.json").exists()
+
+
+def test_compare_leaves_out_an_arm_that_did_not_learn_the_task(planted, tmp_path):
+    """Twins given a training budget far too small stay near chance: they are reported as not
+    having learned the task and nothing is compared with them."""
+    starved = mp.AnalysisConfig(**{**CONFIG.__dict__, "scratch_fit": FitConfig.scratch(
+        epochs=1, lr=1e-6, backbone_lr=1e-6, stop_at=None, validation_fraction=0.0)})
+    cmp = mp.compare(planted[0], planted[1], seeds=(0, 1), out=tmp_path, config=starved)
+    random_arms = [a for a in cmp.report.arms if a["arm"] == "random"]
+    assert [a["learned"] for a in random_arms] == [False, False]
+    assert all(a["task_metric"] < 0.75 for a in random_arms)
+    assert cmp.report.seeds == [] and cmp.report.rows == []
+    assert cmp.verdict.startswith("Nothing to compare")
+    assert "random-init learned it in 0 of 2 seeds" in cmp.verdict
+    assert cmp.summary().count("did not learn the task") == 2
+    assert all(r.results["verdict"]["text"].startswith("cannot judge") for r in cmp.random)
 
 
 def test_report_is_one_self_contained_file_with_every_figure(analysis):

@@ -130,11 +130,13 @@ def test_a_batchnorm_cnn_trained_from_scratch_learns_the_vision_task():
     model = mp.wrap(BatchNormCNN())
     model.module.eval()
     before = _state(model.module)
-    fitted, readout, result = fit(model, task.composite.train, task.composite.test, n_outputs=2,
-                                  config=FitConfig(epochs=15, lr=3e-3, backbone_lr=3e-3,
-                                                   batch_size=64, progress=False))
+    fitted, readout, result = fit(model, task.composite.train, task.composite.test, n_outputs=4,
+                                  config=FitConfig.scratch(lr=3e-3, backbone_lr=3e-3, batch_size=64,
+                                                           stop_at=0.95, progress=False))
     assert result.finetuned and readout is None  # its own logits already have the task's shape
     assert result.test > 0.8, result
+    # the from-scratch recipe stopped on its held-out share, before its 40 epochs ran out
+    assert result.history[-1]["validation"] >= 0.95 and result.epochs < 40
     bn = fitted.module.features[1]
     # trained in train mode: the copy's BatchNorm statistics moved
     assert not torch.equal(bn.running_mean, before["features.1.running_mean"])
@@ -149,7 +151,7 @@ def test_head_mode_keeps_the_users_model_and_its_batchnorm_statistics():
     module.head[-1] = nn.Identity()  # a 16-dim feature vector: the head maps it to classes
     model = mp.wrap(module)
     before = _state(module)
-    fitted, readout, result = fit(model, task.composite.train, task.composite.test, n_outputs=2,
+    fitted, readout, result = fit(model, task.composite.train, task.composite.test, n_outputs=4,
                                   config=FitConfig(mode="head", epochs=2, progress=False))
     assert fitted is model and readout is not None and not result.finetuned
     assert _same(before, module)

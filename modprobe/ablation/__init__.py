@@ -7,6 +7,8 @@ other subroutines no more than such random removals (Lepori et al. 2023, "Break 
 """
 from ._report import AblationReport
 from ._run import AblationConfig, run
+from ._scores import PUBLISHED, break_it_down_scores, mean_score
 from ._verdict import VERDICTS, VerdictRules
 
-__all__ = ["AblationConfig", "AblationReport", "VERDICTS", "VerdictRules", "run"]
+__all__ = ["AblationConfig", "AblationReport", "PUBLISHED", "VERDICTS", "VerdictRules",
+           "break_it_down_scores", "mean_score", "run"]

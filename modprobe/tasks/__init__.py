@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from .base import (COMPETENCE_THRESHOLD, Constituents, Draw, Family, Split, Task, TaskConfig,
-                   assemble, balanced, cycle, split_combinations, stream_rng)
+from .base import (COMPETENCE_THRESHOLD, Constituents, Draw, Family, RelationMarginal, Split,
+                   Task, TaskConfig, assemble, balanced, cycle, relation_reductions,
+                   split_combinations, stream_rng)
 
 _FAMILIES = ("hyperteacher", "language", "symbolic", "vision")
 
@@ -86,6 +87,7 @@ def _ids(inputs: Any) -> torch.Tensor:
     return inputs["input_ids"] if isinstance(inputs, dict) else inputs
 
 
-__all__ = ["COMPETENCE_THRESHOLD", "Constituents", "Draw", "Family", "Split", "Task",
+__all__ = ["COMPETENCE_THRESHOLD", "Constituents", "Draw", "Family", "RelationMarginal",
+           "relation_reductions", "Split", "Task",
            "TaskConfig", "assemble", "balanced", "check_model", "cycle", "load", "names",
            "split_combinations", "stream_rng"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -140,8 +140,8 @@ class Family(Protocol):
 
 # ------------------------------------------------------------------------ assembly
 def assemble(name: str, config: TaskConfig, family: Family, train_combos: np.ndarray,
-             heldout_combos: np.ndarray, *, n_classes: int | None, chance: float,
-             input_kind: str, info: dict | None = None,
+             heldout_combos: np.ndarray, *, n_classes: int | None,
+             chance: float | Mapping[str, float], input_kind: str, info: dict | None = None,
              metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              options: dict | None = None, progress: bool = False,
              competence_threshold: float = COMPETENCE_THRESHOLD) -> Task:
@@ -149,8 +149,11 @@ def assemble(name: str, config: TaskConfig, family: Family, train_combos: np.nda
 
     Training splits (composite, each subroutine, constituents) draw from ``train_combos``; the
     held-out split from ``heldout_combos`` (empty: nothing held out). ``n_classes``: the label
-    space shared by every view (``None`` for regression); ``chance``: the metric of a guess;
-    ``input_kind``: a word for reports ("tokens", "image", "vectors", ...).
+    space of the composite task (``None`` for regression); ``chance``: the metric of a guess, or
+    ``{view: chance}`` per view ("composite" and each subroutine); ``input_kind``: a word for
+    reports ("tokens", "image", "vectors", ...). A family with a ``reductions`` mapping
+    ``{subroutine: reduce}`` has those subroutines read the composite's label space through
+    ``reduce`` (:attr:`Subroutine.reduce`), e.g. :func:`relation_reductions`.
     """
     info = {} if info is None else info
     if not family.subroutines or len(set(family.subroutines)) != len(family.subroutines):
@@ -175,10 +178,24 @@ def assemble(name: str, config: TaskConfig, family: Family, train_combos: np.nda
         raise ValueError(f"encode returned {len(encoded)} input sets for {len(draws)} draws: it "
                          "must return one per draw, in order")
 
+    reductions = dict(getattr(family, "reductions", None) or {})
+    unknown = sorted(set(reductions) - set(family.subroutines))
+    if unknown:
+        raise ValueError(f"the family's reductions name {unknown}, which are not among its "
+                         f"subroutines {list(family.subroutines)}")
+
+    def view_chance(view: str) -> float:
+        if not isinstance(chance, Mapping):
+            return chance
+        if view not in chance:
+            raise ValueError(f"chance has no entry for view {view!r}: pass a number or one per "
+                             f"view, {['composite', *family.subroutines]}")
+        return chance[view]
+
     def subroutine(key: tuple[str, str]) -> Subroutine:
         targets = torch.from_numpy(np.ascontiguousarray(draws[key].targets))
-        return Subroutine((encoded[key], targets), chance=chance, metric=metric,
-                          batch_size=config.batch_size)
+        return Subroutine((encoded[key], targets), chance=view_chance(key[0]), metric=metric,
+                          batch_size=config.batch_size, reduce=reductions.get(key[0]))
 
     def split(view: str) -> Split:
         return Split(subroutine((view, "train")), subroutine((view, "test")),
@@ -255,27 +272,51 @@ def cycle(rng: np.random.Generator, n: int, values: np.ndarray) -> np.ndarray:
     return np.asarray(values)[balanced(rng, n, np.ones(len(values)))]
 
 
-# Two binary relations a, b (vision, language): cells 0..3 are (a, b) = (0,0), (0,1), (1,0), (1,1).
-# The composite label is a AND b, balanced by giving half the examples cell (1,1); subroutine and
-# constituent sets use all four cells equally, so each bit is independent of the other.
-_COMPOSITE_CELLS = (1 / 6, 1 / 6, 1 / 6, 1 / 2)
-_UNIFORM_CELLS = (1 / 4, 1 / 4, 1 / 4, 1 / 4)
+# Two binary relations a, b (vision, language). The composite label is the cell 2a + b: which of
+# the two relations hold (4 classes). Each subroutine is labelled by its own relation and reads the
+# shared 4-way head through the marginal over the other relation (:class:`RelationMarginal`), so
+# its score does not depend on how the model treats the other relation. Every view draws the four
+# cells equally, so each bit is independent of the other.
+RELATION_CLASSES = 4
 
 
 def _relation_cells(rng: np.random.Generator, view: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Target bits (a, b) for ``n`` examples of ``view`` of a two-relation task."""
-    cells = balanced(rng, n, _COMPOSITE_CELLS if view == "composite" else _UNIFORM_CELLS)
+    cells = balanced(rng, n, np.ones(RELATION_CLASSES))
     return cells // 2, cells % 2
 
 
 def _relation_targets(view: str, subroutines: Sequence[str], a: np.ndarray,
                       b: np.ndarray) -> np.ndarray:
-    """Composite: a AND b; first subroutine: a; second: b (other views: a AND b, unused)."""
+    """Composite (and other views): the cell 2a + b; first subroutine: a; second: b."""
     if view == subroutines[0]:
         return a.astype(np.int64)
     if view == subroutines[1]:
         return b.astype(np.int64)
-    return (a & b).astype(np.int64)
+    return (2 * a + b).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class RelationMarginal:
+    """Logits over the four cells 2a + b -> logits of one relation (``index`` 0: a, 1: b).
+
+    The log-probability of a relation's value is the log-sum-exp of its two cells, so the
+    cross-entropy of the result is exactly the joint head's loss for that relation alone.
+    """
+
+    index: int
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-1] != RELATION_CLASSES:
+            raise ValueError(f"a two-relation subroutine reads a head of {RELATION_CLASSES} "
+                             f"logits (cells 2a + b), got {logits.shape[-1]}")
+        cells = logits.reshape(*logits.shape[:-1], 2, 2)
+        return torch.logsumexp(cells, dim=-1 - self.index)
+
+
+def relation_reductions(subroutines: Sequence[str]) -> dict[str, RelationMarginal]:
+    """How each of the two subroutines of a two-relation task reads the joint head."""
+    return {subroutines[0]: RelationMarginal(0), subroutines[1]: RelationMarginal(1)}
 
 
 # ------------------------------------------------------------------------ held-out combinations

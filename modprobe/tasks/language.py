@@ -2,8 +2,10 @@
 
 Template: ``the <subject> <verb> that the <antecedent> <past verb> <reflexive> .`` The main verb
 must agree in number with the subject (*agreement*); the reflexive must agree in number with the
-embedded subject, its local antecedent (*anaphora*). The composite label is "both correct";
-subroutine ``agreement`` is labelled by agreement alone and ``anaphora`` by anaphora alone. Subject
+embedded subject, its local antecedent (*anaphora*). The composite label says which of the two
+hold (4 classes, cell 2·agreement + anaphora); subroutine ``agreement`` is labelled by agreement
+alone and ``anaphora`` by anaphora alone, each read from the shared head as the marginal over the
+other relation (``tasks.RelationMarginal``). Subject
 and antecedent are different nouns, so their numbers are separate constituents. Combinations are
 (subject noun, antecedent noun) pairs; ``frac_ood`` of them are held out.
 """
@@ -17,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import (Draw, Task, TaskConfig, assemble, balanced, cycle, holdout, n_heldout,
-                   stream_rng, _make_config, _relation_cells, _relation_targets)
+from .base import (RELATION_CLASSES, Draw, Task, TaskConfig, assemble, balanced, cycle, holdout,
+                   n_heldout, relation_reductions, stream_rng, _make_config, _relation_cells,
+                   _relation_targets)
 
 TOKENIZED = True  # tasks.load(..., model=m) uses m's tokenizer
 
@@ -61,7 +64,7 @@ class LanguageConfig(TaskConfig):
 
 
 def make(progress: bool = False, **options) -> Task:
-    """The ``language`` task: composite = agreement AND anaphora correct."""
+    """The ``language`` task: composite = which of agreement and anaphora are correct."""
     config = _make_config(LanguageConfig, "language", options)
     tokenizer, tokenizer_name = _tokenizer(config.tokenizer)
     _check_vocabulary(tokenizer, tokenizer_name)
@@ -76,12 +79,14 @@ def make(progress: bool = False, **options) -> Task:
                    n_heldout(len(pairs), config.frac_ood), covers,
                    "every subject and every antecedent noun in training")
     train = np.setdiff1d(pairs, held)
-    info = {"summary": "subject-verb agreement AND reflexive anaphora",
+    info = {"summary": "subject-verb agreement x reflexive anaphora (4 classes)",
             "tokenizer": tokenizer_name,
             "train_combinations": [_pair_name(p) for p in train],
             "heldout_combinations": [_pair_name(p) for p in held]}
-    task = assemble("language", config, _Language(tokenizer), train, held, n_classes=2,
-                     chance=0.5, input_kind="tokens", info=info,
+    family = _Language(tokenizer)
+    task = assemble("language", config, family, train, held, n_classes=RELATION_CLASSES,
+                     chance={"composite": 0.25, **{s: 0.5 for s in family.subroutines}},
+                     input_kind="tokens", info=info,
                      options={**config.options(), "tokenizer": tokenizer_name}, progress=progress)
     ids = task.composite.train.data[0]["input_ids"][:4]
     task.info["examples"] = tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -95,6 +100,7 @@ def _pair_name(pair: int) -> list[str]:
 
 class _Language:
     subroutines = ("agreement", "anaphora")
+    reductions = relation_reductions(subroutines)
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
