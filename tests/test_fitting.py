@@ -132,11 +132,11 @@ def test_a_batchnorm_cnn_trained_from_scratch_learns_the_vision_task():
     before = _state(model.module)
     fitted, readout, result = fit(model, task.composite.train, task.composite.test, n_outputs=4,
                                   config=FitConfig.scratch(lr=3e-3, backbone_lr=3e-3, batch_size=64,
-                                                           stop_at=0.95, progress=False))
+                                                           stop_at=0.9, progress=False))
     assert result.finetuned and readout is None  # its own logits already have the task's shape
     assert result.test > 0.8, result
     # the from-scratch recipe stopped on its held-out share, before its 40 epochs ran out
-    assert result.history[-1]["validation"] >= 0.95 and result.epochs < 40
+    assert result.history[-1]["validation"] >= 0.9 and result.epochs < 40
     bn = fitted.module.features[1]
     # trained in train mode: the copy's BatchNorm statistics moved
     assert not torch.equal(bn.running_mean, before["features.1.running_mean"])

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from .base import (COMPETENCE_THRESHOLD, Constituents, Draw, Family, RelationMarginal, Split,
-                   Task, TaskConfig, assemble, balanced, cycle, relation_reductions,
-                   split_combinations, stream_rng)
+from .base import (COMPETENCE_THRESHOLD, Constituents, Draw, Family, RelationHead, Split, Task,
+                   TaskConfig, View, assemble, balanced, both_correct, cycle, relation_loss,
+                   relation_views, split_combinations, stream_rng)
 
 _FAMILIES = ("hyperteacher", "language", "symbolic", "vision")
 
@@ -87,7 +87,7 @@ def _ids(inputs: Any) -> torch.Tensor:
     return inputs["input_ids"] if isinstance(inputs, dict) else inputs
 
 
-__all__ = ["COMPETENCE_THRESHOLD", "Constituents", "Draw", "Family", "RelationMarginal",
-           "relation_reductions", "Split", "Task",
+__all__ = ["COMPETENCE_THRESHOLD", "Constituents", "Draw", "Family", "RelationHead", "Split",
+           "Task", "View", "both_correct", "relation_loss", "relation_views",
            "TaskConfig", "assemble", "balanced", "check_model", "cycle", "load", "names",
            "split_combinations", "stream_rng"]

@@ -140,8 +140,8 @@ class Family(Protocol):
 
 # ------------------------------------------------------------------------ assembly
 def assemble(name: str, config: TaskConfig, family: Family, train_combos: np.ndarray,
-             heldout_combos: np.ndarray, *, n_classes: int | None,
-             chance: float | Mapping[str, float], input_kind: str, info: dict | None = None,
+             heldout_combos: np.ndarray, *, n_classes: int | None, chance: float,
+             input_kind: str, views: Mapping[str, View] | None = None, info: dict | None = None,
              metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              options: dict | None = None, progress: bool = False,
              competence_threshold: float = COMPETENCE_THRESHOLD) -> Task:
@@ -149,11 +149,10 @@ def assemble(name: str, config: TaskConfig, family: Family, train_combos: np.nda
 
     Training splits (composite, each subroutine, constituents) draw from ``train_combos``; the
     held-out split from ``heldout_combos`` (empty: nothing held out). ``n_classes``: the label
-    space of the composite task (``None`` for regression); ``chance``: the metric of a guess, or
-    ``{view: chance}`` per view ("composite" and each subroutine); ``input_kind``: a word for
-    reports ("tokens", "image", "vectors", ...). A family with a ``reductions`` mapping
-    ``{subroutine: reduce}`` has those subroutines read the composite's label space through
-    ``reduce`` (:attr:`Subroutine.reduce`), e.g. :func:`relation_reductions`.
+    space of the composite task (``None`` for regression); ``chance``: the metric of a guess;
+    ``input_kind``: a word for reports ("tokens", "image", "vectors", ...). ``views``: per view
+    ("composite" or a subroutine name), how it is scored where it differs from those defaults
+    (:class:`View`), e.g. :func:`relation_views`.
     """
     info = {} if info is None else info
     if not family.subroutines or len(set(family.subroutines)) != len(family.subroutines):
@@ -178,24 +177,19 @@ def assemble(name: str, config: TaskConfig, family: Family, train_combos: np.nda
         raise ValueError(f"encode returned {len(encoded)} input sets for {len(draws)} draws: it "
                          "must return one per draw, in order")
 
-    reductions = dict(getattr(family, "reductions", None) or {})
-    unknown = sorted(set(reductions) - set(family.subroutines))
+    views = dict(views or {})
+    unknown = sorted(set(views) - {"composite", *family.subroutines})
     if unknown:
-        raise ValueError(f"the family's reductions name {unknown}, which are not among its "
-                         f"subroutines {list(family.subroutines)}")
-
-    def view_chance(view: str) -> float:
-        if not isinstance(chance, Mapping):
-            return chance
-        if view not in chance:
-            raise ValueError(f"chance has no entry for view {view!r}: pass a number or one per "
-                             f"view, {['composite', *family.subroutines]}")
-        return chance[view]
+        raise ValueError(f"views name {unknown}, which are not views of this task: use "
+                         f"'composite' or a subroutine, {list(family.subroutines)}")
 
     def subroutine(key: tuple[str, str]) -> Subroutine:
         targets = torch.from_numpy(np.ascontiguousarray(draws[key].targets))
-        return Subroutine((encoded[key], targets), chance=view_chance(key[0]), metric=metric,
-                          batch_size=config.batch_size, reduce=reductions.get(key[0]))
+        view = views.get(key[0], View())
+        return Subroutine((encoded[key], targets),
+                          chance=chance if view.chance is None else view.chance,
+                          metric=view.metric or metric, loss=view.loss,
+                          batch_size=config.batch_size, reduce=view.reduce)
 
     def split(view: str) -> Split:
         return Split(subroutine((view, "train")), subroutine((view, "test")),
@@ -272,11 +266,11 @@ def cycle(rng: np.random.Generator, n: int, values: np.ndarray) -> np.ndarray:
     return np.asarray(values)[balanced(rng, n, np.ones(len(values)))]
 
 
-# Two binary relations a, b (vision, language). The composite label is the cell 2a + b: which of
-# the two relations hold (4 classes). Each subroutine is labelled by its own relation and reads the
-# shared 4-way head through the marginal over the other relation (:class:`RelationMarginal`), so
-# its score does not depend on how the model treats the other relation. Every view draws the four
-# cells equally, so each bit is independent of the other.
+# Two binary relations a, b (vision, language). The model answers both with one head of four
+# logits, two per relation (:class:`RelationHead`): the composite task is scored on both at once
+# (loss: the two cross-entropies, metric: both right), each subroutine on its own pair, so one
+# relation's answer never depends on the other's logits. Targets of the composite are the cell
+# 2a + b. Every view draws the four cells equally, so each bit is independent of the other.
 RELATION_CLASSES = 4
 
 
@@ -297,26 +291,48 @@ def _relation_targets(view: str, subroutines: Sequence[str], a: np.ndarray,
 
 
 @dataclass(frozen=True)
-class RelationMarginal:
-    """Logits over the four cells 2a + b -> logits of one relation (``index`` 0: a, 1: b).
-
-    The log-probability of a relation's value is the log-sum-exp of its two cells, so the
-    cross-entropy of the result is exactly the joint head's loss for that relation alone.
-    """
+class RelationHead:
+    """The two logits of one relation (``index`` 0: a, 1: b) from a two-relation head."""
 
     index: int
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.shape[-1] != RELATION_CLASSES:
             raise ValueError(f"a two-relation subroutine reads a head of {RELATION_CLASSES} "
-                             f"logits (cells 2a + b), got {logits.shape[-1]}")
-        cells = logits.reshape(*logits.shape[:-1], 2, 2)
-        return torch.logsumexp(cells, dim=-1 - self.index)
+                             f"logits (two per relation), got {logits.shape[-1]}")
+        return logits[..., 2 * self.index:2 * self.index + 2]
 
 
-def relation_reductions(subroutines: Sequence[str]) -> dict[str, RelationMarginal]:
-    """How each of the two subroutines of a two-relation task reads the joint head."""
-    return {subroutines[0]: RelationMarginal(0), subroutines[1]: RelationMarginal(1)}
+def relation_loss(logits: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Both relations' cross-entropies, summed; ``cells`` = 2a + b."""
+    return (torch.nn.functional.cross_entropy(RelationHead(0)(logits), cells // 2)
+            + torch.nn.functional.cross_entropy(RelationHead(1)(logits), cells % 2))
+
+
+def both_correct(logits: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Share of examples whose two relations are both answered right; ``cells`` = 2a + b."""
+    right_a = RelationHead(0)(logits).argmax(-1) == cells // 2
+    right_b = RelationHead(1)(logits).argmax(-1) == cells % 2
+    return (right_a & right_b).float().mean()
+
+
+@dataclass(frozen=True)
+class View:
+    """How one view of a task is scored where it differs from the task's defaults: ``reduce``
+    (:attr:`Subroutine.reduce`), ``loss``, ``metric`` and ``chance``."""
+
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    chance: float | None = None
+
+
+def relation_views(subroutines: Sequence[str]) -> dict[str, View]:
+    """The views of a two-relation task: the composite on both relations, each subroutine on its
+    own relation's pair of logits."""
+    return {"composite": View(loss=relation_loss, metric=both_correct, chance=0.25),
+            subroutines[0]: View(reduce=RelationHead(0), chance=0.5),
+            subroutines[1]: View(reduce=RelationHead(1), chance=0.5)}
 
 
 # ------------------------------------------------------------------------ held-out combinations

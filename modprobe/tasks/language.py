@@ -2,10 +2,10 @@
 
 Template: ``the <subject> <verb> that the <antecedent> <past verb> <reflexive> .`` The main verb
 must agree in number with the subject (*agreement*); the reflexive must agree in number with the
-embedded subject, its local antecedent (*anaphora*). The composite label says which of the two
-hold (4 classes, cell 2·agreement + anaphora); subroutine ``agreement`` is labelled by agreement
-alone and ``anaphora`` by anaphora alone, each read from the shared head as the marginal over the
-other relation (``tasks.RelationMarginal``). Subject
+embedded subject, its local antecedent (*anaphora*). The composite task answers both (one head of
+two logits per relation, scored on both right; targets: the cell 2·agreement + anaphora);
+subroutine ``agreement`` is labelled by agreement alone and read from its own pair of logits,
+``anaphora`` likewise (``tasks.relation_views``). Subject
 and antecedent are different nouns, so their numbers are separate constituents. Combinations are
 (subject noun, antecedent noun) pairs; ``frac_ood`` of them are held out.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .base import (RELATION_CLASSES, Draw, Task, TaskConfig, assemble, balanced, cycle, holdout,
-                   n_heldout, relation_reductions, stream_rng, _make_config, _relation_cells,
+                   n_heldout, relation_views, stream_rng, _make_config, _relation_cells,
                    _relation_targets)
 
 TOKENIZED = True  # tasks.load(..., model=m) uses m's tokenizer
@@ -64,7 +64,7 @@ class LanguageConfig(TaskConfig):
 
 
 def make(progress: bool = False, **options) -> Task:
-    """The ``language`` task: composite = which of agreement and anaphora are correct."""
+    """The ``language`` task: composite = whether agreement and whether anaphora is correct."""
     config = _make_config(LanguageConfig, "language", options)
     tokenizer, tokenizer_name = _tokenizer(config.tokenizer)
     _check_vocabulary(tokenizer, tokenizer_name)
@@ -85,7 +85,7 @@ def make(progress: bool = False, **options) -> Task:
             "heldout_combinations": [_pair_name(p) for p in held]}
     family = _Language(tokenizer)
     task = assemble("language", config, family, train, held, n_classes=RELATION_CLASSES,
-                     chance={"composite": 0.25, **{s: 0.5 for s in family.subroutines}},
+                     chance=0.5, views=relation_views(family.subroutines),
                      input_kind="tokens", info=info,
                      options={**config.options(), "tokenizer": tokenizer_name}, progress=progress)
     ids = task.composite.train.data[0]["input_ids"][:4]
@@ -100,7 +100,6 @@ def _pair_name(pair: int) -> list[str]:
 
 class _Language:
     subroutines = ("agreement", "anaphora")
-    reductions = relation_reductions(subroutines)
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer

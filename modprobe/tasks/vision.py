@@ -5,9 +5,9 @@ filled shape (intensity 0.5). Relations are measured on the rasterised shapes, n
 how a scene was proposed: *inside* = every pixel of the small shape lies in the outline's interior;
 *contact* = some pixel of the small shape is 8-adjacent to the outline (overlaps are redrawn).
 Scenes are proposed aimed at a target relation and redrawn until the measured relations match,
-which balances the classes. The composite label says which relations hold (4 classes, cell
-2·inside + contact); subroutines ``inside`` and ``contact`` are labelled by their own relation and
-read the shared head through the marginal over the other one. Combinations are (outer shape, inner shape) pairs; ``frac_ood`` of
+which balances the classes. The composite task answers both relations (one head of two logits per
+relation, scored on both right; targets: the cell 2·inside + contact); subroutines ``inside`` and
+``contact`` are labelled by their own relation and read their own pair of logits. Combinations are (outer shape, inner shape) pairs; ``frac_ood`` of
 them are held out.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from .base import (RELATION_CLASSES, Task, TaskConfig, _assemble, _check_int, _cycle, _Draw,
                    _holdout, _make_config, _n_heldout, _relation_cells, _relation_targets, _rng,
-                   relation_reductions)
+                   relation_views)
 
 SHAPES = ("circle", "square", "diamond")
 OUTLINE, FILL = 1.0, 0.5      # pixel intensities of the outer outline and the inner shape
@@ -44,8 +44,8 @@ class VisionConfig(TaskConfig):
 
 
 def make(progress: bool = False, **options) -> Task:
-    """The ``vision`` task: composite = which of inside and contact hold; subroutines ``inside``,
-    ``contact``."""
+    """The ``vision`` task: composite = whether inside and whether contact hold; subroutines
+    ``inside``, ``contact``."""
     config = _make_config(VisionConfig, "vision", options)
     n = len(SHAPES)
     pairs = np.arange(n * n)
@@ -61,7 +61,7 @@ def make(progress: bool = False, **options) -> Task:
             "heldout_combinations": [_pair_name(p) for p in held]}
     family = _Vision(config.image_size)
     return _assemble("vision", config, family, train, held, n_classes=RELATION_CLASSES,
-                     chance={"composite": 0.25, **{s: 0.5 for s in family.subroutines}},
+                     chance=0.5, views=relation_views(family.subroutines),
                      input_kind="image", info=info, progress=progress)
 
 
@@ -76,7 +76,6 @@ def _pair_name(pair: int) -> list[str]:
 
 class _Vision:
     subroutines = ("inside", "contact")
-    reductions = relation_reductions(subroutines)
 
     def __init__(self, size: int):
         self.size = size
