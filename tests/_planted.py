@@ -1,14 +1,15 @@
 """A dense MLP whose *weights* (not architecture) are modular, and the task it solves.
 
 Branch a (hidden units 0-31) reads x[:, :8] and writes out[:, :2] = subroutine A; branch b
-(units 32-63) reads x[:, 8:] and writes out[:, 2:] = subroutine B. The layers are dense
+(units 32-63) reads x[:, 8:] and writes out[:, 2:] = subroutine B; the composite task answers
+both (scored on both right, like the two-relation task families). The layers are dense
 ``nn.Linear``s, so a random re-initialisation of the same architecture is not modular.
 """
 import torch
 from torch import nn
 
 from modprobe.subroutine import Subroutine
-from modprobe.tasks import Constituents, Split, Task
+from modprobe.tasks import Constituents, Split, Task, both_correct, relation_loss
 
 
 class Dense(nn.Module):
@@ -30,12 +31,6 @@ def read_a(out):
 
 def read_b(out):
     return out[:, 2:]
-
-
-def read_and(out):
-    p = torch.softmax(out[:, :2], -1)[:, 1] * torch.softmax(out[:, 2:], -1)[:, 1]
-    p = p.clamp(1e-6, 1 - 1e-6)
-    return torch.stack([torch.log1p(-p), torch.log(p)], dim=-1)
 
 
 def _blocks(hidden: int) -> dict[str, torch.Tensor]:
@@ -79,12 +74,16 @@ def planted_task(n_train: int = 768, n_test: int = 384, seed: int = 0) -> Task:
     xs, (xt, yat, ybt), (xc, yac, ybc) = draw(n_train), draw(n_test), draw(n_test)
     x, ya, yb = xs
 
-    def split(readout, y_train, y_test):
-        return Split(Subroutine((x, y_train), readout=readout, chance=0.5),
-                     Subroutine((xt, y_test), readout=readout, chance=0.5))
+    def split(readout, y_train, y_test, **scoring):
+        scoring = {"chance": 0.5, **scoring}
+        return Split(Subroutine((x, y_train), readout=readout, **scoring),
+                     Subroutine((xt, y_test), readout=readout, **scoring))
 
-    return Task(name="planted", composite=split(read_and, ya & yb, yat & ybt),
+    # the composite answers both subroutines (both right), as the two-relation tasks do
+    composite = split(None, 2 * ya + yb, 2 * yat + ybt, loss=relation_loss, metric=both_correct,
+                      chance=0.25)
+    return Task(name="planted", composite=composite,
                 subroutines={"A": split(read_a, ya, yat), "B": split(read_b, yb, ybt)},
                 constituents=Constituents(xc, {"A": yac, "B": ybc}), heldout=None,
-                heldout_constituents=None, n_classes=2, input_kind="vector",
+                heldout_constituents=None, n_classes=4, input_kind="vector",
                 options={"seed": seed, "n_train": n_train, "n_test": n_test})

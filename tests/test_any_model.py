@@ -37,7 +37,7 @@ def test_cli_analyzes_a_gpt2_directory_with_its_own_tokenizer(gpt2_dir, tmp_path
     assert results["task"]["options"]["tokenizer"] == str(gpt2_dir)  # the model's, not MiniLM's
     reading = results["fit"]["reading"]
     assert (reading["output"], reading["pool"]) == ("blocks.1.hook_out", "last")
-    assert results["fit"]["mode"] == "finetune" and results["fit"]["chance"] == 0.5
+    assert results["fit"]["mode"] == "finetune" and results["fit"]["chance"] == 0.25
     assert results["verdict"]["text"] in capsys.readouterr().out
     assert (out / "report.html").exists()
 
