@@ -77,7 +77,7 @@ class FitConfig:
     ``pool``: how a sequence output becomes one vector per example, ``"last"``, ``"first"``,
     ``"mean"``, ``None`` (leave it) or ``"auto"`` (the architecture's choice). ``solved_at``: a
     model whose own output already scores this much is analysed as it is, whatever the mode.
-    ``finetune``: the older spelling of the mode (True: ``"finetune"``, False: ``"head"``).
+    ``finetune``: the mode as a boolean (True: ``"finetune"``, False: ``"head"``).
     """
 
     epochs: int = 8

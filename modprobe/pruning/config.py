@@ -47,11 +47,9 @@ class MaskConfig:
     ``min(1, sigmoid(β·s) / sigmoid(β·c))`` with ``c = s0 + margin·(1 - 1/β)``. At the first
     epoch (β = 1) c = s0, so training starts from exactly the unmasked function; a kept weight
     is never amplified; and c rises to about ``s0 + margin``, so a kept logit rests that far
-    above the threshold instead of hovering on it (at s0 = 0 without a margin, the kept entries
-    kept crossing it: 4-25% of them flipped per epoch on MiniLM). On the benchmark's MiniLM
-    task at λ = 300, s0 = 0 kept 0.02% of the weights at validation accuracy 1.000 in 20
-    epochs; s0 = 0.1 kept 1.2% at 0.953 in 30 (a logit must first fall through s0 before it
-    can be pruned, and Adam's normalised steps on noisy gradients take long to get there).
+    above the threshold instead of hovering on it. Starting undecided matters because a logit
+    must first fall through s0 before it can be pruned (what these choices measured on MiniLM:
+    ``docs/results.md``, "Subnetwork search").
     A tuple for ``l0_lambda``, ``init`` or ``density`` is a grid: every setting is trained and
     the sparsest mask whose metric on held-out data is within ``tolerance`` of the full model's
     wins (held-out data: ``validation=``, else 20% of the training data set aside).
