@@ -1,5 +1,6 @@
 """The documentation builds without a warning, and the names and flags it shows exist."""
 import argparse
+import dataclasses
 import importlib.util
 import re
 import subprocess
@@ -61,6 +62,22 @@ def test_every_mp_name_the_docs_show_exists(page):
                 break
             obj = getattr(obj, part)
     assert not missing, f"{page.name} names what modprobe does not have: {missing}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_config_field_the_docs_show_exists(page):
+    configs = {"AnalysisConfig": mp.AnalysisConfig, "MaskConfig": mp.pruning.MaskConfig,
+               "FitConfig": mp.fitting.FitConfig, "ProbeConfig": mp.probes.ProbeConfig,
+               "AblationConfig": mp.ablation.AblationConfig, "VerdictRules": mp.ablation.VerdictRules}
+    text = page.read_text(encoding="utf-8")
+    missing = []
+    for cls, args, attr in re.findall(r"\b(\w+Config|VerdictRules)(?:\(([^()]*)\)|\.(\w+))", text):
+        if cls not in configs:
+            continue
+        fields = {f.name for f in dataclasses.fields(configs[cls])}
+        names = re.findall(r"\b(\w+)=", args) + ([attr] if attr else [])
+        missing += [f"{cls}.{n}" for n in names if n not in fields and not hasattr(configs[cls], n)]
+    assert not missing, f"{page.name} shows settings that do not exist: {missing}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
