@@ -23,6 +23,7 @@ class FakeSubnetwork:
     masks: dict
     granularity: str = "weight"
     units: dict | None = None
+    layout: dict | None = None
     config: SimpleNamespace = field(init=False)
 
     def __post_init__(self):
@@ -209,6 +210,27 @@ def test_head_controls_remove_whole_heads():
     assert len(seen) == 3  # every single head drawn at some point
     with pytest.raises(ValueError, match="per-head bool mask"):
         _specs(hm, {"S": FakeSubnetwork("S", {"0.weight": mask}, "head")})
+
+
+def test_controls_follow_the_unit_layout_the_subnetwork_records():
+    from modprobe.pruning.layout import Slot
+
+    hm = mp.wrap(nn.Sequential(nn.Linear(8, 12)))  # 4 units of 2 input columns each
+    mask = torch.zeros(12, 8, dtype=torch.bool)
+    mask[:, 2:4] = True
+    layout = {"0.weight": Slot("0.weight", (12, 8), axis=1, block=2)}
+    spec = _specs(hm, {"S": FakeSubnetwork("S", {"0.weight": mask}, "head", layout=layout)})["S"]
+    assert spec.layouts == layout
+    seen = set()
+    for removed in _controls(spec, 30, 0, "random_ablate"):
+        pairs = removed["0.weight"][0].view(4, 2)
+        assert (pairs.all(1) | ~pairs.any(1)).all() and int(pairs.all(1).sum()) == 1
+        seen.add(tuple(pairs.all(1).tolist()))
+    assert len(seen) == 4
+    split = mask.clone()
+    split[:, 3] = False  # half of a unit
+    with pytest.raises(ValueError, match="splits a unit of 2"):
+        _specs(hm, {"S": FakeSubnetwork("S", {"0.weight": split}, "head", layout=layout)})
 
 
 # ----------------------------------------------------------------------- statistics
