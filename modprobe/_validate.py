@@ -181,6 +181,22 @@ def check(config: Any, constraints: Mapping[str, Any], fixes: Mapping[str, str] 
         raise (TypeError if wrong_type else ValueError)(message)
 
 
+def configured(cls: type, config: Any, options: Mapping[str, Any], where: str) -> Any:
+    """A stage's config: ``config`` (default ``cls()``) with the keyword ``options`` replacing
+    its fields, so that ``stage(model, data, config)`` and ``stage(model, data, field=value)``
+    mean the same; unknown options and configs of another class are refused, naming ``where``."""
+    import dataclasses
+
+    if config is not None and not isinstance(config, cls):
+        raise TypeError(f"{where}: config must be a {cls.__name__}, got {type(config).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; {where} takes the fields of "
+                        f"{cls.__name__}: {sorted(names)}")
+    return dataclasses.replace(config or cls(), **options)
+
+
 def as_tuple(config: Any, *names: str, scalars: bool = False) -> None:
     """Store list (or single-string) values of ``names`` as tuples on a frozen dataclass; with
     ``scalars`` a single number becomes a one-element tuple too."""

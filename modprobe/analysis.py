@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,74 +39,106 @@ _WEAK_FIT = 0.8  # a composite-task metric below this gets a caution in the verd
 
 _CONSTRAINTS = {
     "seed": _validate.Int(0), "fit": _validate.Instance(FitConfig),
-    "mask_params": _validate.Strings(none=True), "mask_epochs": _validate.Int(1),
-    "mask_lambda": _validate.Real(0, grid=True), "n_random": _validate.Int(1),
-    "complement": _validate.Bool(), "strategy": _validate.OneOf(STRATEGIES),
-    "probe_cv": _validate.Int(2), "probe_hooks": _validate.Strings(none=True),
+    "mask": _validate.Instance(pruning.MaskConfig),
+    "ablation": _validate.Instance(ablation.AblationConfig),
+    "probe": _validate.Instance(probes.ProbeConfig), "probe_hooks": _validate.Strings(none=True),
     "validation_fraction": _validate.Real(0, 1, high_open=True), "progress": _validate.Bool(),
-    "necessity": _validate.OneOf(pruning.NECESSITY), "max_rounds": _validate.Int(1),
-    "twin_check": _validate.Bool(), "verdict_rules": _validate.Instance(ablation.VerdictRules),
-    "probe_measure": _validate.Strings(), "erasure": _validate.Bool(),
+    "twin_check": _validate.Bool(), "erasure": _validate.Bool(),
     "erasure_random": _validate.Int(1),
 }
+# Flat keywords that set one field of a nested stage config: {shorthand: (stage, field)}.
+SHORTHANDS = {
+    "mask_method": ("mask", "method"), "granularity": ("mask", "granularity"),
+    "mask_params": ("mask", "params"), "mask_epochs": ("mask", "epochs"),
+    "mask_lambda": ("mask", "l0_lambda"), "necessity": ("mask", "necessity"),
+    "max_rounds": ("mask", "max_rounds"),
+    "n_random": ("ablation", "n_random"), "complement": ("ablation", "complement"),
+    "strategy": ("ablation", "strategy"), "verdict_rules": ("ablation", "rules"),
+    "probe_cv": ("probe", "cv"), "probe_measure": ("probe", "measure"),
+}
+# The analysis probes report MDL besides accuracy by default.
+_PROBE = probes.ProbeConfig(measure=("accuracy", "mdl"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class AnalysisConfig:
     """Everything that decides an analysis' numbers (it is part of the resume fingerprint).
 
-    ``mask_params``: glob patterns of the tensors to mask (None: the pruning default, every
-    weight matrix). ``mask_lambda``: the sparsity penalty; a tuple is a grid, and the sparsest
-    mask whose keep-only metric on the validation split stays within tolerance of the full
-    model's wins (one λ does not carry across model sizes: λ = 1 suits small MLPs, MiniLM needs
-    about 300). ``validation_fraction``: the share of each subroutine's training data held
-    out to choose among those settings (0: the pruning default, 20% for a grid); the split is
-    the same for every ``seed``, like the task's own train/test split, so that seeds vary only
-    the training.
-    ``n_random``: random controls per subnetwork; with 2 subnetworks x 2 tasks at least 80 are
-    needed before Holm-corrected empirical p-values can fall below 0.05.
-    ``necessity`` and ``max_rounds``: the pruning stage's necessity search (``MaskConfig``):
-    ``"peel"`` finds every weight a subroutine can run on before ablating, ``"none"`` ablates the
-    sufficient subnetwork only. ``twin_check``: run each subroutine's chosen mask search once
-    more on ``reinitialize(model, seed)`` (the same head); when a mask on random weights also
-    performs the subroutine, the verdict says that sufficiency cannot separate finding a
-    function from creating it (supermasks). ``verdict_rules``: the fixed thresholds of the
-    verdicts (``ablation.VerdictRules``).
-    ``probe_measure``: what the probes report besides accuracy ("mdl": online codelength and
-    compression). ``erasure``: also erase every constituent at every probed hook with LEACE and
-    score each subroutine against ``erasure_random`` random-direction erasures of the same rank.
-    ``fit``: a :class:`FitConfig`, or just its mode: ``"finetune"``, ``"head"`` or ``"as_is"``.
+    One config per stage: ``fit`` (:class:`~modprobe.fitting.FitConfig`, or just its mode:
+    ``"finetune"``, ``"head"`` or ``"as_is"``), ``mask`` (:class:`~modprobe.pruning.MaskConfig`:
+    method, granularity, tensors, λ grid, necessity search), ``ablation``
+    (:class:`~modprobe.ablation.AblationConfig`: random controls, strategy, verdict rules) and
+    ``probe`` (:class:`~modprobe.probes.ProbeConfig`). ``seed`` is every stage's seed: it
+    replaces the seeds of the nested configs.
+    Shorthands set one nested field each and read it back (``AnalysisConfig(mask_epochs=4)`` is
+    ``AnalysisConfig(mask=MaskConfig(epochs=4))``; a shorthand overrides the nested config given
+    beside it): ``mask_method``, ``granularity``, ``mask_params``, ``mask_epochs``,
+    ``mask_lambda`` (``mask.l0_lambda``), ``necessity``, ``max_rounds``, ``n_random``,
+    ``complement``, ``strategy``, ``verdict_rules`` (``ablation.rules``), ``probe_cv`` and
+    ``probe_measure`` (see :data:`SHORTHANDS`).
+    ``probe_hooks``: the hook points the probes (and erasures) read (None: every block's
+    output). ``validation_fraction``: the share of each subroutine's training data held out to
+    choose among the mask grid's settings (0: the pruning default); the split is the same for
+    every ``seed``, like the task's own train/test split, so that seeds vary only the training.
+    ``twin_check``: run each subroutine's chosen mask search once more on
+    ``reinitialize(model, seed)`` (the same head); when a mask on random weights also performs
+    the subroutine, the verdict says that sufficiency cannot separate finding a function from
+    creating it (supermasks). ``erasure``: also erase every constituent at every probed hook
+    with LEACE and score each subroutine against ``erasure_random`` random-direction erasures
+    of the same rank. ``progress``: progress bars.
     """
 
     seed: int = 0
     fit: FitConfig = FitConfig()
-    mask_params: tuple[str, ...] | None = None
-    mask_epochs: int = 20
-    mask_lambda: float | tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
-    necessity: str = "peel"
-    max_rounds: int = 8
-    twin_check: bool = True
-    verdict_rules: ablation.VerdictRules = ablation.VerdictRules()
-    n_random: int = 100
-    complement: bool = True
-    strategy: str = "zero"
-    probe_cv: int = 5
+    mask: pruning.MaskConfig = pruning.MaskConfig()
+    ablation: ablation.AblationConfig = ablation.AblationConfig()
+    probe: probes.ProbeConfig = _PROBE
     probe_hooks: tuple[str, ...] | None = None
-    probe_measure: tuple[str, ...] = ("accuracy", "mdl")
+    twin_check: bool = True
     erasure: bool = False
     erasure_random: int = 100
     validation_fraction: float = 0.25
     progress: bool = True
 
-    def __post_init__(self) -> None:
+    def __init__(self, **settings: Any) -> None:
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(settings) - set(names) - set(SHORTHANDS))
+        if unknown:
+            raise TypeError(f"AnalysisConfig got unknown setting(s) {unknown}; it takes "
+                            f"{names} and the shorthands {sorted(SHORTHANDS)}")
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, settings.get(f.name, f.default))
         if isinstance(self.fit, str):
             object.__setattr__(self, "fit", FitConfig(mode=self.fit, seed=self.seed))
-        _validate.as_tuple(self, "mask_params", "mask_lambda", "probe_hooks", "probe_measure")
+        _validate.as_tuple(self, "probe_hooks")
         _validate.check(self, _CONSTRAINTS, {
-            "mask_lambda": "e.g. 100 or the grid (1, 10, 100, 1000)",
-            "n_random": "random controls give the p-values; use >= 80 for 2 subnetworks x 2 tasks",
-            "probe_cv": "cross-validation needs at least 2 folds",
             "validation_fraction": "0 uses the pruning default, e.g. 0.25 holds out a quarter"})
+        changes: dict[str, dict[str, Any]] = {"fit": {}, "mask": {}, "ablation": {}, "probe": {}}
+        for short, value in settings.items():
+            if short in SHORTHANDS:
+                stage, name = SHORTHANDS[short]
+                changes[stage][name] = value
+        for stage, fields in changes.items():
+            current = getattr(self, stage)
+            try:
+                nested = (current.replace(seed=self.seed, **fields) if stage == "mask" else
+                          dataclasses.replace(current, seed=self.seed, **fields))
+            except (TypeError, ValueError) as err:
+                message = str(err)  # named as the caller wrote it: a shorthand or the stage
+                for short, (part, name) in SHORTHANDS.items():
+                    if part == stage and short in settings:
+                        message = re.sub(rf"^\w+\.{name}\b", f"AnalysisConfig.{short}", message)
+                if message == str(err):
+                    message = f"AnalysisConfig.{stage}: {message}"
+                raise type(err)(message) from None
+            object.__setattr__(self, stage, nested)
+
+    def __getattr__(self, name: str) -> Any:
+        """A shorthand reads its nested field (``config.n_random`` is ``config.ablation.n_random``)."""
+        if name in SHORTHANDS and SHORTHANDS[name][0] in self.__dict__:
+            stage, field_name = SHORTHANDS[name]
+            return getattr(self.__dict__[stage], field_name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def quick(cls, seed: int = 0, **overrides: Any) -> "AnalysisConfig":
@@ -166,9 +199,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     if isinstance(task, str):
         task = tasks.load(task, seed=config.seed, model=hm)
     tasks.check_model(task, hm)
-    mask_config = pruning.MaskConfig(params=config.mask_params, epochs=config.mask_epochs,
-                                     l0_lambda=config.mask_lambda, necessity=config.necessity,
-                                     max_rounds=config.max_rounds, seed=config.seed)
+    mask_config = config.mask
     _check_inputs(hm, task, config, label)
     store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
              if out is not None else None)
@@ -206,17 +237,14 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
 
     tests = {name: with_head(split.test) for name, split in task.subroutines.items()}
     ablation_report = _cached(store, "ablation.json", lambda: ablation.run(
-        fitted, subnetworks, tests, n_random=config.n_random, seed=config.seed,
-        strategy=config.strategy, complement=config.complement, label=label,
-        rules=config.verdict_rules, progress=config.progress),
+        fitted, subnetworks, tests, config.ablation, label=label, progress=config.progress),
         save=lambda rep, p: _write_stage(p, "ablation", rep.to_dict()),
         load=lambda p: _read_stage(p, "ablation", ablation.AblationReport.from_dict),
         timings=timings)
 
     probe_report = _cached(store, "probes.json", lambda: probes.decodability(
-        fitted, task.constituents, hooks=config.probe_hooks, cv=config.probe_cv,
-        seed=config.seed, heldout=task.heldout_constituents, condition=label,
-        measure=config.probe_measure, progress=config.progress),
+        fitted, task.constituents, config=config.probe, hooks=config.probe_hooks,
+        heldout=task.heldout_constituents, condition=label, progress=config.progress),
         save=lambda rep, p: _write_stage(p, "probes", rep.to_dict()),
         load=lambda p: _read_stage(p, "probes", probes.ProbeReport.from_dict),
         timings=timings)
@@ -229,7 +257,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
         load=lambda p: _read_stage(p, "erasure", probes.ErasureReport.from_dict),
         timings=timings)
 
-    _add_twin_evidence(ablation_report.isolation, twin, config.verdict_rules)
+    _add_twin_evidence(ablation_report.isolation, twin, config.ablation.rules)
     results = _results(hm, task, config, label, fit_result, subnetworks, ablation_report,
                        probe_report)
     if erasure_report is not None:
@@ -348,7 +376,7 @@ def _check_inputs(hm: HookedModel, task: Any, config: AnalysisConfig, label: str
         raise ValueError("the task has no subroutines: there is nothing to find subnetworks for")
     for name in task.subroutines:
         _validate.path_name(name)
-    _validate.against_model(hm, config.mask_params, config.probe_hooks)
+    _validate.against_model(hm, config.mask.params, config.probe_hooks)
     for name, split in task.subroutines.items():
         if config.validation_fraction > 0:
             split.train.holdout(config.validation_fraction)

@@ -1,13 +1,16 @@
 """End to end: analyze, resume, compare, results.json schema, report, CLI."""
+import dataclasses
 import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import modprobe as mp
 from modprobe import cli
@@ -105,16 +108,12 @@ def test_resuming_with_another_configuration_is_refused(planted, analysis):
         mp.analyze(planted[0], planted[1], out=analysis.out, config=other)
 
 
-def test_resuming_after_the_pruning_defaults_changed_is_refused(planted, analysis, monkeypatch):
-    """The fingerprint covers the MaskConfig defaults the AnalysisConfig leaves open, so masks
-    trained under old library defaults are never silently reused."""
-    original = mp.pruning.MaskConfig
-
-    def other_defaults(**kwargs):
-        return original(**{"init": 0.5, **kwargs})
-    monkeypatch.setattr(mp.analysis.pruning, "MaskConfig", other_defaults)
+def test_resuming_with_any_nested_setting_changed_is_refused(planted, analysis):
+    """The fingerprint covers every field of the nested stage configs, including those no
+    shorthand names, so masks trained under other settings are never silently reused."""
+    other = dataclasses.replace(CONFIG, mask=CONFIG.mask.replace(margin=0.1))
     with pytest.raises(ValueError, match="another model, task or configuration"):
-        mp.analyze(planted[0], planted[1], out=analysis.out, config=CONFIG)
+        mp.analyze(planted[0], planted[1], out=analysis.out, config=other)
 
 
 def test_compare_finds_the_planted_model_more_isolated_than_its_random_twins(planted, tmp_path):
@@ -199,13 +198,45 @@ def test_cli_bad_arguments_say_what_is_wrong(argv, message):
         cli.main(argv)
 
 
-def test_cli_analyze_with_a_model_factory(tmp_path, monkeypatch, capsys):
+def _mlp_factory(tmp_path, monkeypatch) -> str:
+    """A module on sys.path whose build() makes a small MLP: ``--model-factory`` for the CLI."""
     (tmp_path / "my_models.py").write_text(
         "import modprobe as mp\n"
         "def build():\n    return mp.scratch.mlp([32, 64, 16]).module\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_models:build"
+
+
+def test_cli_analyze_with_a_model_factory(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    assert cli.main(["analyze", "--model-factory", "my_models:build", "--task", "hyperteacher",
-                     "--out", str(out), "--quick", "--n-random", "20"]) == 0
+    assert cli.main(["analyze", "--model-factory", _mlp_factory(tmp_path, monkeypatch), "--task",
+                     "hyperteacher", "--out", str(out), "--quick", "--n-random", "20"]) == 0
     check_schema(json.loads((out / "results.json").read_text()))
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+
+
+def test_cli_reaches_mask_method_granularity_and_strategy(tmp_path, monkeypatch):
+    factory, out = _mlp_factory(tmp_path, monkeypatch), tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["analyze", "--model-factory", factory, "--task", "hyperteacher",
+                         "--out", str(out), "--quick", "--n-random", "20", "--necessity", "none",
+                         "--mask-method", "hard_concrete", "--granularity", "neuron",
+                         "--strategy", "mean", "--mask-lambda", "1", "--mask-epochs", "3",
+                         "--probe-measure", "accuracy"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    check_schema(results)
+    config = results["config"]
+    assert (config["mask"]["method"], config["mask"]["granularity"]) == ("hard_concrete", "neuron")
+    assert config["mask"]["lr"] == 0.05 and config["mask"]["init"] == 2.0  # the method's defaults
+    assert config["ablation"]["strategy"] == "mean"
+    assert config["probe"]["measure"] == ["accuracy"]
+    assert all(c["strategy"] == "mean" for c in results["ablation"]["config"].values())
+    for name in results["subnetworks"]:
+        sub = mp.pruning.Subnetwork.load(out / "masks" / name)
+        assert sub.config.method == "hard_concrete" and sub.config.granularity == "neuron"
+        for param, mask in sub.masks.items():  # whole output neurons: rows of nn.Linear
+            assert sub.layout[param].axis == 0
+            assert torch.equal(mask, sub.units[param].view(-1, *[1] * (mask.dim() - 1))
+                               .expand_as(mask))
+    assert results["probes"]["rows"] and not any("codelength" in r for r in results["probes"]["rows"])

@@ -29,7 +29,8 @@ from .linear import ENGINES, fit_predict, free_cores
 from .mdl import online_code, transmission_order
 from .report import ProbeReport
 from .._stats import CORRECTIONS, adjust_pvalues
-from .._validate import Bool, Device, Int, OneOf, Real, Strings, as_tuple, check
+from .._validate import (Bool, Device, Int, OneOf, Real, Strings, as_tuple, check,
+                         configured)
 from .stats import bootstrap_ci, permutation_pvalue, score
 
 
@@ -111,10 +112,9 @@ class _Constituent:
 
 
 def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None = None,
-                 hooks: Sequence[str] | None = None, pooling: str = "mean", cv: int = 5,
-                 control: bool = True, seed: int = 0, engine: str = "torch", groups: Any = None,
-                 heldout: Any = None, *, condition: str = "model", progress: bool = True,
-                 **options: Any) -> ProbeReport:
+                 config: ProbeConfig | None = None, *, hooks: Sequence[str] | None = None,
+                 groups: Any = None, heldout: Any = None, condition: str = "model",
+                 progress: bool = True, **options: Any) -> ProbeReport:
     """Linear decodability of every constituent at every hook point, with controls.
 
     ``model``: a HookedModel or anything ``modprobe.wrap`` accepts. ``inputs``: a tensor, a dict
@@ -133,10 +133,11 @@ def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None
     under-represented in its training folds), inflating selectivity.
     ``hooks``: hook names (default: every block's output); the input baseline row is added
     unless ``input_baseline=False``. ``condition`` labels the rows, so that reports of a
-    pretrained and a random-init model concatenate. ``options``: the other fields of
-    :class:`ProbeConfig`.
+    pretrained and a random-init model concatenate. ``config``: a :class:`ProbeConfig`;
+    ``options`` set its fields instead (``decodability(..., cv=3)``) or override the given
+    config's.
     """
-    config = _config(pooling=pooling, cv=cv, control=control, seed=seed, engine=engine, **options)
+    config = configured(ProbeConfig, config, options, "decodability()")
     hm = wrap(model)
     data = _data(hm, inputs, constituents, groups)
     held = _heldout_data(hm, heldout)
@@ -239,15 +240,6 @@ def _mdl_columns(code, h: int, i: int, control: int | None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------- inputs and labels
-def _config(**kwargs: Any) -> ProbeConfig:
-    names = {f.name for f in dataclasses.fields(ProbeConfig)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown}; decodability() takes the fields of "
-                        f"ProbeConfig: {sorted(names)}")
-    return ProbeConfig(**kwargs)
-
-
 def _data(hm: HookedModel, inputs: Any, labels: Any, groups: Any) -> _Data:
     if labels is None:
         if not (hasattr(inputs, "inputs") and hasattr(inputs, "labels")):

@@ -1,6 +1,7 @@
 """How a subnetwork is searched for: method, granularity, which tensors, and the schedule."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -99,6 +100,16 @@ class MaskConfig:
         check(self, _CONSTRAINTS, {"l0_lambda": "e.g. 100 or the grid (1, 10, 100, 1000)",
                                    "epochs": "a whole number of epochs, e.g. 20"})
         method.check(self)
+
+    def replace(self, **changes: Any) -> "MaskConfig":
+        """A copy with ``changes``; a new ``method`` brings its own ``lr`` and ``init`` defaults
+        unless ``changes`` set them or this config had set them away from its method's."""
+        old = methods.get(self.method)
+        if changes.get("method", self.method) != self.method:
+            for name in ("lr", "init"):
+                if name not in changes and getattr(self, name) == getattr(old, name):
+                    changes[name] = None
+        return dataclasses.replace(self, **changes)
 
     def grid(self, name: str) -> tuple[float, ...]:
         """The values of ``l0_lambda``, ``init`` or ``density`` as a tuple (one value or a grid)."""
