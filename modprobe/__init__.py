@@ -10,11 +10,12 @@ from .fitting import FitConfig
 from .models import HookedModel, load_model, reinitialize, wrap
 from .probes import ProbeConfig
 from .pruning import MaskConfig
+from .runs import load_run
 from .subroutine import Subroutine
 from .sweeps import sweep
 
 __all__ = ["AblationConfig", "Analysis", "AnalysisConfig", "Comparison", "FitConfig", "HookedModel",
            "MaskConfig", "ProbeConfig", "Subroutine", "ablation",
-           "analyze", "compare", "load_model", "probes", "pruning", "reinitialize", "scratch",
+           "analyze", "compare", "load_model", "load_run", "probes", "pruning", "reinitialize", "scratch",
            "sweep", "tasks", "validate", "wrap"]
 __version__ = "0.1.0"

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-SCHEMA_VERSION = 2  # results.json, run.json and stage files (2: verdicts and necessity sets)
+SCHEMA_VERSION = 3  # results.json, run.json and stage files (2: verdicts and necessity sets;
+# 3: nested stage configs and one vocabulary: p_adjusted, n_bootstrap, probe rows' model column)
 
 
 # --------------------------------------------------------------------- constraints
@@ -261,9 +262,10 @@ def against_model(model: Any, params: Sequence[str] | None, hooks: Sequence[str]
 
 # --------------------------------------------------------------------- readers
 def read_json(path: str | os.PathLike, *, kind: str | Iterable[str] | None = None,
-              required: Iterable[str] = (), versioned: bool = True) -> dict[str, Any]:
-    """A JSON object written by modprobe, checked: it parses, its ``schema_version`` is one this
-    version reads (when ``versioned``), its ``kind`` is expected and it has the ``required`` keys.
+              required: Iterable[str] = (), versioned: bool = True,
+              versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> dict[str, Any]:
+    """A JSON object written by modprobe, checked: it parses, its ``schema_version`` is one of
+    ``versions`` (when ``versioned``), its ``kind`` is expected and it has the ``required`` keys.
     Every error names ``path``."""
     path = Path(path)
     try:
@@ -284,12 +286,13 @@ def read_json(path: str | os.PathLike, *, kind: str | Iterable[str] | None = Non
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
     if versioned:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in versions:
             newer = isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION
             why = ("it was written by a newer modprobe: upgrade modprobe to read it" if newer else
                    "it was not written by this version of modprobe")
+            readable = " or ".join(str(v) for v in versions)
             raise ValueError(f"{path} has schema_version {version!r}, but this modprobe reads "
-                             f"version {SCHEMA_VERSION}; {why}")
+                             f"version {readable}; {why}")
     if kind is not None:
         kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         if data.get("kind") not in kinds:

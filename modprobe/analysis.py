@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import platform
 import re
 import time
@@ -34,6 +35,7 @@ from .report import write_report
 from .subroutine import Subroutine, check_output
 
 SCHEMA_VERSION = _validate.SCHEMA_VERSION
+log = logging.getLogger(__name__)
 _WEAK_FIT = 0.8  # a composite-task metric below this gets a caution in the verdict
 
 
@@ -78,7 +80,8 @@ class AnalysisConfig:
     ``probe_measure`` (see :data:`SHORTHANDS`).
     ``probe_hooks``: the hook points the probes (and erasures) read (None: every block's
     output). ``validation_fraction``: the share of each subroutine's training data held out to
-    choose among the mask grid's settings (0: the pruning default); the split is the same for
+    choose among the mask grid's settings (default: the pruning stage's 20%; 0: let the pruning
+    stage hold out its own, seeded share); the split is the same for
     every ``seed``, like the task's own train/test split, so that seeds vary only the training.
     ``twin_check``: run each subroutine's chosen mask search once more on
     ``reinitialize(model, seed)`` (the same head); when a mask on random weights also performs
@@ -97,7 +100,7 @@ class AnalysisConfig:
     twin_check: bool = True
     erasure: bool = False
     erasure_random: int = 100
-    validation_fraction: float = 0.25
+    validation_fraction: float = pruning.config.HOLDOUT
     progress: bool = True
 
     def __init__(self, **settings: Any) -> None:
@@ -112,7 +115,7 @@ class AnalysisConfig:
             object.__setattr__(self, "fit", FitConfig(mode=self.fit, seed=self.seed))
         _validate.as_tuple(self, "probe_hooks")
         _validate.check(self, _CONSTRAINTS, {
-            "validation_fraction": "0 uses the pruning default, e.g. 0.25 holds out a quarter"})
+            "validation_fraction": "0 uses the pruning default, e.g. 0.2 holds out a fifth"})
         changes: dict[str, dict[str, Any]] = {"fit": {}, "mask": {}, "ablation": {}, "probe": {}}
         for short, value in settings.items():
             if short in SHORTHANDS:
@@ -169,6 +172,22 @@ class Analysis:
     @property
     def scalars(self) -> dict[str, float | None]:
         return self.results["scalars"]
+
+    @property
+    def ablation(self) -> "ablation.AblationReport":
+        """The ablation stage's report (rows, isolation verdicts, overlap, controls)."""
+        return ablation.AblationReport.from_dict(self.results["ablation"])
+
+    @property
+    def probes(self) -> "probes.ProbeReport":
+        """The probe stage's report."""
+        return probes.ProbeReport.from_dict(self.results["probes"])
+
+    @property
+    def erasure(self) -> "probes.ErasureReport | None":
+        """The erasure stage's report (None when ``AnalysisConfig.erasure`` was off)."""
+        data = self.results.get("erasure")
+        return None if data is None else probes.ErasureReport.from_dict(data)
 
     def summary(self) -> str:
         """The verdict, its evidence as a terminal table, and where the report is."""
@@ -244,7 +263,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
 
     probe_report = _cached(store, "probes.json", lambda: probes.decodability(
         fitted, task.constituents, config=config.probe, hooks=config.probe_hooks,
-        heldout=task.heldout_constituents, condition=label, progress=config.progress),
+        heldout=task.heldout_constituents, label=label, progress=config.progress),
         save=lambda rep, p: _write_stage(p, "probes", rep.to_dict()),
         load=lambda p: _read_stage(p, "probes", probes.ProbeReport.from_dict),
         timings=timings)
@@ -345,6 +364,7 @@ def _cached(store: "_Store | None", name: str, compute: Callable[[], Any],
     stage = name.removesuffix(".json")
     if store is not None and store.done(name):
         timings[stage] = {"wall_s": 0.0, "cpu_s": 0.0, "resumed": True}
+        log.info("stage %s: resumed from %s", stage, store.path(name))
         return load(store.path(name))
     with _timed(timings, stage):
         value = compute()
@@ -357,9 +377,11 @@ def _cached(store: "_Store | None", name: str, compute: Callable[[], Any],
 def _timed(timings: dict[str, dict[str, Any]], stage: str) -> Iterator[None]:
     """Record the stage's wall and CPU seconds (this process, every thread) in ``timings``."""
     wall, cpu = time.perf_counter(), time.process_time()
+    log.info("stage %s: started", stage)
     yield
     timings[stage] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
                       "resumed": False}
+    log.info("stage %s: done in %.1f s", stage, timings[stage]["wall_s"])
 
 
 def _check_inputs(hm: HookedModel, task: Any, config: AnalysisConfig, label: str) -> None:
@@ -497,7 +519,7 @@ def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
                  f"{probe_report.decodability_of(label):.3f}; best layers: {shown}{more}.")
     evidence = [{"subnetwork": e["subnetwork"], "target": e["target_task"],
                  "verdict": e.get("verdict"), "effect_on_target": e["effect_target"],
-                 "p_holm": e["p_target_holm"], "reason": e["reason"]} for e in isolation]
+                 "p_adjusted": e["p_target_adjusted"], "reason": e["reason"]} for e in isolation]
     return {"text": text, "isolated": {e["subnetwork"]: e["isolated"] for e in isolation},
             "verdicts": {e["subnetwork"]: e.get("verdict") for e in isolation},
             "evidence": evidence, "competence": gate}
@@ -512,9 +534,47 @@ _RESULTS_KEYS = {
 
 def read_results(path: str | Path) -> dict[str, Any]:
     """A results.json (of an analysis or a comparison), checked: parseable, a schema version this
-    modprobe reads, a known ``kind`` and every key the report needs; errors name the path."""
-    results = _validate.read_json(path, kind=tuple(_RESULTS_KEYS))
+    modprobe reads, a known ``kind`` and every key the report needs; errors name the path.
+    A version 2 file is returned in the version 3 vocabulary (see :func:`_upgrade`)."""
+    results = _validate.read_json(path, kind=tuple(_RESULTS_KEYS), versions=(2, SCHEMA_VERSION))
     _check_results(results, str(path))
+    return _upgrade(results)
+
+
+# Version 2 names that version 3 renamed, per part of an analysis' results.
+_RENAMED = {"p_holm": "p_adjusted", "p_target_holm": "p_target_adjusted",
+            "n_boot": "n_bootstrap"}
+
+
+def _upgrade(results: dict[str, Any]) -> dict[str, Any]:
+    """A version 2 results dict in the version 3 vocabulary: ablation rows, isolation entries,
+    verdict evidence and erasure rows say ``p_adjusted`` (was ``p_holm``), ablation and erasure
+    configs ``n_bootstrap`` (was ``n_boot``), probe rows name their model in ``model`` (was
+    ``condition``). The ``config`` keeps its version 2 (flat) layout."""
+    if results.get("schema_version") != 2:
+        return results
+    results = copy.deepcopy(results)
+    results["schema_version"] = SCHEMA_VERSION
+    if results["kind"] == "comparison":
+        for group in ("pretrained", "random"):
+            results[group] = [_upgrade(run) for run in results[group]]
+        return results
+
+    def renamed(entry: dict[str, Any]) -> dict[str, Any]:
+        return {_RENAMED.get(k, k): v for k, v in entry.items()}
+
+    ablation_part = results["ablation"]
+    for key in ("rows", "isolation"):
+        ablation_part[key] = [renamed(e) for e in ablation_part.get(key, [])]
+    for entry in ablation_part["isolation"]:
+        entry["others"] = [renamed(o) for o in entry.get("others", [])]
+    ablation_part["config"] = {k: renamed(v) for k, v in ablation_part.get("config", {}).items()}
+    results["verdict"]["evidence"] = [renamed(e) for e in results["verdict"].get("evidence", [])]
+    results["probes"]["rows"] = [{("model" if k == "condition" else k): v for k, v in r.items()}
+                                 for r in results["probes"].get("rows", [])]
+    if "erasure" in results:
+        results["erasure"]["rows"] = [renamed(r) for r in results["erasure"].get("rows", [])]
+        results["erasure"]["config"] = renamed(results["erasure"].get("config") or {})
     return results
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback when a command fails")
+    _loudness(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, model_required: bool = True) -> None:
@@ -122,7 +124,33 @@ def _parser() -> argparse.ArgumentParser:
     for p in (analyze, compare, report, demo, sweep):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback when the command fails")
+        _loudness(p, default=argparse.SUPPRESS)
     return parser
+
+
+def _loudness(parser: argparse.ArgumentParser, default: Any = False) -> None:
+    """``--quiet`` and ``--verbose``, accepted before or after the command."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="no progress bars and no log messages below warnings; the result "
+                       "summary is still printed")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="log each stage as it starts, finishes or resumes (logging, INFO)")
+
+
+def _logging(args: argparse.Namespace) -> None:
+    """The ``modprobe`` loggers' level for this command: WARNING, ERROR with --quiet, INFO with
+    --verbose (messages go to stderr)."""
+    logger = logging.getLogger("modprobe")
+    for old in [h for h in logger.handlers if h.get_name() == "modprobe-cli"]:
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("modprobe-cli")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.ERROR if args.quiet else logging.INFO if args.verbose
+                    else logging.WARNING)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -195,6 +223,8 @@ def _config(args: argparse.Namespace) -> Any:
         if (value := getattr(args, dest)) is not None}
     if args.probe_hooks:
         overrides["probe_hooks"] = tuple(args.probe_hooks)
+    if args.quiet:
+        overrides["progress"] = False
     config = (AnalysisConfig.quick(seed=args.seed, **overrides) if args.quick
               else AnalysisConfig(seed=args.seed, **overrides))
     if args.probe_pooling:
@@ -225,6 +255,7 @@ _EXPECTED = (ValueError, TypeError, LookupError, OSError, ImportError, FloatingP
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _logging(args)
     try:
         return _run(args)
     except _EXPECTED as err:

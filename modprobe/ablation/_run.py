@@ -31,7 +31,7 @@ class AblationConfig:
     2 tasks at least 80 are needed before Holm-corrected empirical p-values can fall below
     0.05). ``strategy``: what removed weights become, ``"zero"``, ``"random"`` (the weights of
     ``reinitialize(model, seed)``) or ``"mean"`` (a neuron's mean activation). ``complement``:
-    also draw controls from outside the ablated set only. ``n_boot``: bootstrap resamples of
+    also draw controls from outside the ablated set only. ``n_bootstrap``: bootstrap resamples of
     the CIs (0 skips them). ``alpha``: the significance level of the verdicts, whose other
     thresholds are ``rules``. ``label`` names the model in the rows. ``batch_size``,
     ``vectorize`` and ``mask_chunk`` change speed and memory, never the numbers.
@@ -41,7 +41,7 @@ class AblationConfig:
     seed: int = 0
     strategy: str = "zero"
     complement: bool = True
-    n_boot: int = 1000
+    n_bootstrap: int = 1000
     alpha: float = 0.05
     label: str = "model"
     batch_size: int | None = None
@@ -51,11 +51,11 @@ class AblationConfig:
 
     def __post_init__(self) -> None:
         check(self, {"n_random": Int(1), "seed": Int(0), "strategy": OneOf(STRATEGIES),
-                     "complement": Bool(), "n_boot": Int(0), "alpha": Real(0, 1, True, True),
+                     "complement": Bool(), "n_bootstrap": Int(0), "alpha": Real(0, 1, True, True),
                      "label": Text(), "batch_size": Int(1, none=True),
                      "vectorize": Bool(none=True), "mask_chunk": Int(1),
                      "rules": Instance(VerdictRules)},
-              {"n_random": "random controls give the p-values", "n_boot": "0 skips the CIs"})
+              {"n_random": "random controls give the p-values", "n_bootstrap": "0 skips the CIs"})
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -82,8 +82,8 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
     ``not found``, ``cannot tell``, ``cannot judge``; see :mod:`modprobe.ablation._verdict`)
     under the config's ``rules``. With ``strategy="mean"`` a removed unit outputs its mean
     activation over ``reference`` (default all eval data). The model is never modified; a fixed
-    ``seed`` gives an identical report. ``label`` names the model in the rows (combine a
-    random-init twin's report with :meth:`AblationReport.combine`).
+    ``seed`` gives an identical report. ``label`` names the model in the rows (concatenate a
+    random-init twin's report with :meth:`AblationReport.concat`).
     """
     cfg = configured(AblationConfig, config, options, "run()")
     n_random, seed, strategy, label = cfg.n_random, cfg.seed, cfg.strategy, cfg.label
@@ -204,7 +204,7 @@ def _row(ev: _Evaluator, cfg: AblationConfig, subnetwork: str | None, task: str,
     row = dict(model=cfg.label, subnetwork=subnetwork, eval_task=task, condition=condition,
                metric=t.sub.metric_name, chance=t.sub.chance_level(), value=None, ci_low=None,
                ci_high=None, n_examples=len(t.targets), n_controls=None, p_value=None,
-               p_holm=None, effect=None, effect_z=None)
+               p_adjusted=None, effect=None, effect_z=None)
     row.update(values)
     return row
 
@@ -216,10 +216,10 @@ def _scored_row(ev: _Evaluator, cfg: AblationConfig, subnetwork: str | None, tas
     t = ev.tasks[task]
     readouts = ev.readouts(task, removed)
     low = high = None
-    if cfg.n_boot:
+    if cfg.n_bootstrap:
         gen = _generator(cfg.seed, "bootstrap", task)
         low, high = _bootstrap_ci(lambda idx: t.score(readouts, idx), len(t.targets),
-                                  cfg.n_boot, gen)
+                                  cfg.n_bootstrap, gen)
     return _row(ev, cfg, subnetwork, task, condition, value=t.score(readouts),
                 ci_low=low, ci_high=high)
 
@@ -238,7 +238,7 @@ def _adjust(rows: list[dict[str, Any]], cfg: AblationConfig) -> None:
     for kind in cfg.kinds:
         family = [r for r in rows if r["condition"] == kind]
         for r, p in zip(family, adjust_pvalues([r["p_value"] for r in family], "holm")):
-            r["p_holm"] = p
+            r["p_adjusted"] = p
 
 
 def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
@@ -254,7 +254,7 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
         entry: dict[str, Any] = dict(model=cfg.label, subnetwork=name, target_task=target,
                                      chance_target=chance.get(target), verdict=None,
                                      isolated=None, reason="", p_target=None,
-                                     p_target_holm=None, effect_target=None,
+                                     p_target_adjusted=None, effect_target=None,
                                      effect_z_target=None, others=[],
                                      necessity=_necessity_summary(spec))
         if target is None:
@@ -263,7 +263,7 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
             out.append(entry)
             continue
         tr = get[(name, target, "random_ablate")]
-        entry.update(p_target=tr["p_value"], p_target_holm=tr["p_holm"], effect_target=tr["effect"],
+        entry.update(p_target=tr["p_value"], p_target_adjusted=tr["p_adjusted"], effect_target=tr["effect"],
                      effect_z_target=tr["effect_z"])
 
         def value(cond: str, task: str) -> float:
@@ -276,7 +276,7 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
             r = get[(name, other, "random_ablate")]
             rival = next((n for n, g in goals.items() if g == other), None)
             entry["others"].append(dict(
-                task=other, p_value=r["p_value"], p_holm=r["p_holm"], effect=r["effect"],
+                task=other, p_value=r["p_value"], p_adjusted=r["p_adjusted"], effect=r["effect"],
                 hurt=r["p_value"] < cfg.alpha,
                 subnetwork_score=score("keep_only", target) - score("keep_only", other),
                 ablation_score=score("ablate", target) - score("ablate", other),

@@ -10,6 +10,9 @@ from . import methods
 from .layout import GRANULARITIES
 
 NECESSITY = ("peel", "none")
+# Share of a subroutine's data held out to choose among grid settings when no validation data is
+# given (the analysis holds out the same share by default).
+HOLDOUT = 0.2
 _CONSTRAINTS = {
     "params": Strings(none=True), "l0_lambda": Real(0, grid=True), "init": Real(grid=True),
     "margin": Real(), "beta_max": Real(1), "epochs": Int(1), "lr": Real(0, low_open=True),

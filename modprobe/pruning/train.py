@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..models import HookedModel, wrap
 from ..subroutine import Subroutine, as_subroutine, check_output, evaluate, move_to
-from .config import MaskConfig
+from .config import HOLDOUT as _HOLDOUT, MaskConfig
 from . import methods
 from .layout import expand_units, per_slot, scaled_weights, slots as unit_slots, split_units
 from .masks import MaskSet, select_params
@@ -30,8 +30,6 @@ from .subnetwork import Subnetwork
 # fraction of the entries it keeps: a few logits sitting on the threshold keep flipping long
 # after the subnetwork has settled, on small MLPs and on 10 M-entry transformers alike.
 _STABLE_FRACTION = 0.01
-# Share of a subroutine's data held out to choose among grid settings when none is given.
-_HOLDOUT = 0.2
 
 
 def train_subnetwork(model: Any, data: Any, config: MaskConfig | None = None, *,
