@@ -6,7 +6,7 @@ subroutine more than removing random weights of the same size per tensor does, a
 other subroutines no more than such random removals (Lepori et al. 2023, "Break It Down").
 """
 from ._report import AblationReport
-from ._run import AblationConfig, run
+from ._run import STRATEGIES, AblationConfig, run
 from ._verdict import VERDICTS, VerdictRules
 
-__all__ = ["AblationConfig", "AblationReport", "VERDICTS", "VerdictRules", "run"]
+__all__ = ["AblationConfig", "AblationReport", "STRATEGIES", "VERDICTS", "VerdictRules", "run"]
