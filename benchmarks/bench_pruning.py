@@ -49,7 +49,9 @@ from torch import nn
 import modprobe as mp
 from modprobe.pruning import MaskConfig, train_subnetwork
 from modprobe.pruning import train as pruning_train
-from modprobe.pruning.masks import MaskSet, layout, select_params
+from modprobe.pruning import methods
+from modprobe.pruning.layout import slots as layout
+from modprobe.pruning.masks import MaskSet, select_params
 from modprobe.pruning.train import _adam, _gradient, _step
 
 torch.set_num_threads(2)
@@ -149,7 +151,7 @@ def masked_stepper(hm: mp.HookedModel, sub: mp.Subroutine, names: list[str], bat
     """modprobe's real training step (masked forward, backward, and with ``update`` its Adam
     step on the logits) on a fixed batch."""
     default = MaskConfig()
-    masks = MaskSet(layout(hm, names, "weight"), hm.params(names), "continuous", default.init,
+    masks = MaskSet(layout(hm, names, "weight"), hm.params(names), methods.get("continuous"), default.init,
                     margin=default.margin)
     optimizer = _adam(masks.logits, 0.01)
     inputs, targets = batch

@@ -30,6 +30,18 @@ class Report:
     def from_json(cls: type[R], text: str) -> R:
         return cls.from_dict(json.loads(text))
 
+    def to_dataframe(self, part: str = "rows") -> Any:
+        """One of the report's lists of plain dicts (``rows`` by default; e.g. ``"isolation"``
+        of an ablation report) as a pandas DataFrame, one column per key."""
+        import pandas as pd
+
+        table = getattr(self, part, None)
+        if not isinstance(table, list):
+            parts = [f.name for f in dataclasses.fields(self)
+                     if isinstance(getattr(self, f.name), list)]
+            raise ValueError(f"{type(self).__name__} has no table {part!r}; its tables are {parts}")
+        return pd.DataFrame.from_records(table)
+
     def table(self, columns: Sequence[str] | None = None, max_rows: int = 40) -> str:
         return format_table(self.rows, columns, max_rows)
 

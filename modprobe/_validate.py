@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-SCHEMA_VERSION = 2  # results.json, run.json and stage files (2: verdicts and necessity sets)
+SCHEMA_VERSION = 3  # results.json, run.json and stage files (2: verdicts and necessity sets;
+# 3: nested stage configs and one vocabulary: p_adjusted, n_bootstrap, probe rows' model column)
 
 
 # --------------------------------------------------------------------- constraints
@@ -181,6 +182,22 @@ def check(config: Any, constraints: Mapping[str, Any], fixes: Mapping[str, str] 
         raise (TypeError if wrong_type else ValueError)(message)
 
 
+def configured(cls: type, config: Any, options: Mapping[str, Any], where: str) -> Any:
+    """A stage's config: ``config`` (default ``cls()``) with the keyword ``options`` replacing
+    its fields, so that ``stage(model, data, config)`` and ``stage(model, data, field=value)``
+    mean the same; unknown options and configs of another class are refused, naming ``where``."""
+    import dataclasses
+
+    if config is not None and not isinstance(config, cls):
+        raise TypeError(f"{where}: config must be a {cls.__name__}, got {type(config).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; {where} takes the fields of "
+                        f"{cls.__name__}: {sorted(names)}")
+    return dataclasses.replace(config or cls(), **options)
+
+
 def as_tuple(config: Any, *names: str, scalars: bool = False) -> None:
     """Store list (or single-string) values of ``names`` as tuples on a frozen dataclass; with
     ``scalars`` a single number becomes a one-element tuple too."""
@@ -245,9 +262,10 @@ def against_model(model: Any, params: Sequence[str] | None, hooks: Sequence[str]
 
 # --------------------------------------------------------------------- readers
 def read_json(path: str | os.PathLike, *, kind: str | Iterable[str] | None = None,
-              required: Iterable[str] = (), versioned: bool = True) -> dict[str, Any]:
-    """A JSON object written by modprobe, checked: it parses, its ``schema_version`` is one this
-    version reads (when ``versioned``), its ``kind`` is expected and it has the ``required`` keys.
+              required: Iterable[str] = (), versioned: bool = True,
+              versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> dict[str, Any]:
+    """A JSON object written by modprobe, checked: it parses, its ``schema_version`` is one of
+    ``versions`` (when ``versioned``), its ``kind`` is expected and it has the ``required`` keys.
     Every error names ``path``."""
     path = Path(path)
     try:
@@ -268,12 +286,13 @@ def read_json(path: str | os.PathLike, *, kind: str | Iterable[str] | None = Non
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
     if versioned:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in versions:
             newer = isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION
             why = ("it was written by a newer modprobe: upgrade modprobe to read it" if newer else
                    "it was not written by this version of modprobe")
+            readable = " or ".join(str(v) for v in versions)
             raise ValueError(f"{path} has schema_version {version!r}, but this modprobe reads "
-                             f"version {SCHEMA_VERSION}; {why}")
+                             f"version {readable}; {why}")
     if kind is not None:
         kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         if data.get("kind") not in kinds:

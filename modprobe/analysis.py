@@ -12,7 +12,9 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,82 +35,117 @@ from .report import write_report
 from .subroutine import Subroutine, check_output
 
 SCHEMA_VERSION = _validate.SCHEMA_VERSION
+log = logging.getLogger(__name__)
 _WEAK_FIT = 0.8  # a composite-task metric below this gets a caution in the verdict
 
 
 _CONSTRAINTS = {
     "seed": _validate.Int(0), "fit": _validate.Instance(FitConfig),
-    "mask_params": _validate.Strings(none=True), "mask_epochs": _validate.Int(1),
-    "mask_lambda": _validate.Real(0, grid=True), "n_random": _validate.Int(1),
-    "complement": _validate.Bool(), "strategy": _validate.OneOf(STRATEGIES),
-    "probe_cv": _validate.Int(2), "probe_hooks": _validate.Strings(none=True),
+    "mask": _validate.Instance(pruning.MaskConfig),
+    "ablation": _validate.Instance(ablation.AblationConfig),
+    "probe": _validate.Instance(probes.ProbeConfig), "probe_hooks": _validate.Strings(none=True),
     "validation_fraction": _validate.Real(0, 1, high_open=True), "progress": _validate.Bool(),
-    "necessity": _validate.OneOf(pruning.NECESSITY), "max_rounds": _validate.Int(1),
-    "twin_check": _validate.Bool(), "verdict_rules": _validate.Instance(ablation.VerdictRules),
-    "probe_measure": _validate.Strings(), "erasure": _validate.Bool(),
+    "twin_check": _validate.Bool(), "erasure": _validate.Bool(),
     "erasure_random": _validate.Int(1),
 }
+# Flat keywords that set one field of a nested stage config: {shorthand: (stage, field)}.
+SHORTHANDS = {
+    "mask_method": ("mask", "method"), "granularity": ("mask", "granularity"),
+    "mask_params": ("mask", "params"), "mask_epochs": ("mask", "epochs"),
+    "mask_lambda": ("mask", "l0_lambda"), "necessity": ("mask", "necessity"),
+    "max_rounds": ("mask", "max_rounds"),
+    "n_random": ("ablation", "n_random"), "complement": ("ablation", "complement"),
+    "strategy": ("ablation", "strategy"), "verdict_rules": ("ablation", "rules"),
+    "probe_cv": ("probe", "cv"), "probe_measure": ("probe", "measure"),
+}
+# The analysis probes report MDL besides accuracy by default.
+_PROBE = probes.ProbeConfig(measure=("accuracy", "mdl"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class AnalysisConfig:
     """Everything that decides an analysis' numbers (it is part of the resume fingerprint).
 
-    ``mask_params``: glob patterns of the tensors to mask (None: the pruning default, every
-    weight matrix). ``mask_lambda``: the sparsity penalty; a tuple is a grid, and the sparsest
-    mask whose keep-only metric on the validation split stays within tolerance of the full
-    model's wins (one λ does not carry across model sizes: λ = 1 suits small MLPs, MiniLM needs
-    about 300). ``validation_fraction``: the share of each subroutine's training data held
-    out to choose among those settings (0: the pruning default, 20% for a grid); the split is
-    the same for every ``seed``, like the task's own train/test split, so that seeds vary only
-    the training.
-    ``n_random``: random controls per subnetwork; with 2 subnetworks x 2 tasks at least 80 are
-    needed before Holm-corrected empirical p-values can fall below 0.05.
-    ``necessity`` and ``max_rounds``: the pruning stage's necessity search (``MaskConfig``):
-    ``"peel"`` finds every weight a subroutine can run on before ablating, ``"none"`` ablates the
-    sufficient subnetwork only. ``twin_check``: run each subroutine's chosen mask search once
-    more on ``reinitialize(model, seed)`` (the same head); when a mask on random weights also
-    performs the subroutine, the verdict says that sufficiency cannot separate finding a
-    function from creating it (supermasks). ``verdict_rules``: the fixed thresholds of the
-    verdicts (``ablation.VerdictRules``).
-    ``probe_measure``: what the probes report besides accuracy ("mdl": online codelength and
-    compression). ``erasure``: also erase every constituent at every probed hook with LEACE and
-    score each subroutine against ``erasure_random`` random-direction erasures of the same rank.
-    ``fit``: a :class:`FitConfig`, or just its mode: ``"finetune"``, ``"head"`` or ``"as_is"``.
-    ``scratch_fit``: how :func:`modprobe.compare` trains each random-init twin (from scratch,
-    :meth:`FitConfig.scratch`); an analysis of one model uses ``fit`` only.
+    One config per stage: ``fit`` (:class:`~modprobe.fitting.FitConfig`, or just its mode:
+    ``"finetune"``, ``"head"`` or ``"as_is"``), ``mask`` (:class:`~modprobe.pruning.MaskConfig`:
+    method, granularity, tensors, λ grid, necessity search), ``ablation``
+    (:class:`~modprobe.ablation.AblationConfig`: random controls, strategy, verdict rules) and
+    ``probe`` (:class:`~modprobe.probes.ProbeConfig`). ``seed`` is every stage's seed: it
+    replaces the seeds of the nested configs.
+    Shorthands set one nested field each and read it back (``AnalysisConfig(mask_epochs=4)`` is
+    ``AnalysisConfig(mask=MaskConfig(epochs=4))``; a shorthand overrides the nested config given
+    beside it): ``mask_method``, ``granularity``, ``mask_params``, ``mask_epochs``,
+    ``mask_lambda`` (``mask.l0_lambda``), ``necessity``, ``max_rounds``, ``n_random``,
+    ``complement``, ``strategy``, ``verdict_rules`` (``ablation.rules``), ``probe_cv`` and
+    ``probe_measure`` (see :data:`SHORTHANDS`).
+    ``probe_hooks``: the hook points the probes (and erasures) read (None: every block's
+    output). ``validation_fraction``: the share of each subroutine's training data held out to
+    choose among the mask grid's settings (default: the pruning stage's 20%; 0: let the pruning
+    stage hold out its own, seeded share); the split is the same for
+    every ``seed``, like the task's own train/test split, so that seeds vary only the training.
+    ``twin_check``: run each subroutine's chosen mask search once more on
+    ``reinitialize(model, seed)`` (the same head); when a mask on random weights also performs
+    the subroutine, the verdict says that sufficiency cannot separate finding a function from
+    creating it (supermasks). ``erasure``: also erase every constituent at every probed hook
+    with LEACE and score each subroutine against ``erasure_random`` random-direction erasures
+    of the same rank. ``progress``: progress bars. ``scratch_fit``: how
+    :func:`modprobe.compare` trains each random-init twin (from scratch,
+    :meth:`~modprobe.fitting.FitConfig.scratch`); an analysis of one model uses ``fit`` only.
     """
 
     seed: int = 0
     fit: FitConfig = FitConfig()
     scratch_fit: FitConfig = FitConfig.scratch()
-    mask_params: tuple[str, ...] | None = None
-    mask_epochs: int = 20
-    mask_lambda: float | tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
-    necessity: str = "peel"
-    max_rounds: int = 8
-    twin_check: bool = True
-    verdict_rules: ablation.VerdictRules = ablation.VerdictRules()
-    n_random: int = 100
-    complement: bool = True
-    strategy: str = "zero"
-    probe_cv: int = 5
+    mask: pruning.MaskConfig = pruning.MaskConfig()
+    ablation: ablation.AblationConfig = ablation.AblationConfig()
+    probe: probes.ProbeConfig = _PROBE
     probe_hooks: tuple[str, ...] | None = None
-    probe_measure: tuple[str, ...] = ("accuracy", "mdl")
+    twin_check: bool = True
     erasure: bool = False
     erasure_random: int = 100
-    validation_fraction: float = 0.25
+    validation_fraction: float = pruning.config.HOLDOUT
     progress: bool = True
 
-    def __post_init__(self) -> None:
+    def __init__(self, **settings: Any) -> None:
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(settings) - set(names) - set(SHORTHANDS))
+        if unknown:
+            raise TypeError(f"AnalysisConfig got unknown setting(s) {unknown}; it takes "
+                            f"{names} and the shorthands {sorted(SHORTHANDS)}")
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, settings.get(f.name, f.default))
         if isinstance(self.fit, str):
             object.__setattr__(self, "fit", FitConfig(mode=self.fit, seed=self.seed))
-        _validate.as_tuple(self, "mask_params", "mask_lambda", "probe_hooks", "probe_measure")
+        _validate.as_tuple(self, "probe_hooks")
         _validate.check(self, _CONSTRAINTS, {
-            "mask_lambda": "e.g. 100 or the grid (1, 10, 100, 1000)",
-            "n_random": "random controls give the p-values; use >= 80 for 2 subnetworks x 2 tasks",
-            "probe_cv": "cross-validation needs at least 2 folds",
-            "validation_fraction": "0 uses the pruning default, e.g. 0.25 holds out a quarter"})
+            "validation_fraction": "0 uses the pruning default, e.g. 0.2 holds out a fifth"})
+        changes: dict[str, dict[str, Any]] = {"fit": {}, "scratch_fit": {}, "mask": {},
+                                              "ablation": {}, "probe": {}}
+        for short, value in settings.items():
+            if short in SHORTHANDS:
+                stage, name = SHORTHANDS[short]
+                changes[stage][name] = value
+        for stage, fields in changes.items():
+            current = getattr(self, stage)
+            try:
+                nested = (current.replace(seed=self.seed, **fields) if stage == "mask" else
+                          dataclasses.replace(current, seed=self.seed, **fields))
+            except (TypeError, ValueError) as err:
+                message = str(err)  # named as the caller wrote it: a shorthand or the stage
+                for short, (part, name) in SHORTHANDS.items():
+                    if part == stage and short in settings:
+                        message = re.sub(rf"^\w+\.{name}\b", f"AnalysisConfig.{short}", message)
+                if message == str(err):
+                    message = f"AnalysisConfig.{stage}: {message}"
+                raise type(err)(message) from None
+            object.__setattr__(self, stage, nested)
+
+    def __getattr__(self, name: str) -> Any:
+        """A shorthand reads its nested field (``config.n_random`` is ``config.ablation.n_random``)."""
+        if name in SHORTHANDS and SHORTHANDS[name][0] in self.__dict__:
+            stage, field_name = SHORTHANDS[name]
+            return getattr(self.__dict__[stage], field_name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def quick(cls, seed: int = 0, **overrides: Any) -> "AnalysisConfig":
@@ -140,6 +177,22 @@ class Analysis:
     def scalars(self) -> dict[str, float | None]:
         return self.results["scalars"]
 
+    @property
+    def ablation(self) -> "ablation.AblationReport":
+        """The ablation stage's report (rows, isolation verdicts, overlap, controls)."""
+        return ablation.AblationReport.from_dict(self.results["ablation"])
+
+    @property
+    def probes(self) -> "probes.ProbeReport":
+        """The probe stage's report."""
+        return probes.ProbeReport.from_dict(self.results["probes"])
+
+    @property
+    def erasure(self) -> "probes.ErasureReport | None":
+        """The erasure stage's report (None when ``AnalysisConfig.erasure`` was off)."""
+        data = self.results.get("erasure")
+        return None if data is None else probes.ErasureReport.from_dict(data)
+
     def summary(self) -> str:
         """The verdict, its evidence as a terminal table, and where the report is."""
         evidence = self.results["verdict"]["evidence"]
@@ -169,9 +222,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     if isinstance(task, str):
         task = tasks.load(task, seed=config.seed, model=hm)
     tasks.check_model(task, hm)
-    mask_config = pruning.MaskConfig(params=config.mask_params, epochs=config.mask_epochs,
-                                     l0_lambda=config.mask_lambda, necessity=config.necessity,
-                                     max_rounds=config.max_rounds, seed=config.seed)
+    mask_config = config.mask
     _check_inputs(hm, task, config, label)
     store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
              if out is not None else None)
@@ -209,17 +260,14 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
 
     tests = {name: with_head(split.test) for name, split in task.subroutines.items()}
     ablation_report = _cached(store, "ablation.json", lambda: ablation.run(
-        fitted, subnetworks, tests, n_random=config.n_random, seed=config.seed,
-        strategy=config.strategy, complement=config.complement, label=label,
-        rules=config.verdict_rules, progress=config.progress),
+        fitted, subnetworks, tests, config.ablation, label=label, progress=config.progress),
         save=lambda rep, p: _write_stage(p, "ablation", rep.to_dict()),
         load=lambda p: _read_stage(p, "ablation", ablation.AblationReport.from_dict),
         timings=timings)
 
     probe_report = _cached(store, "probes.json", lambda: probes.decodability(
-        fitted, task.constituents, hooks=config.probe_hooks, cv=config.probe_cv,
-        seed=config.seed, heldout=task.heldout_constituents, condition=label,
-        measure=config.probe_measure, progress=config.progress),
+        fitted, task.constituents, config=config.probe, hooks=config.probe_hooks,
+        heldout=task.heldout_constituents, label=label, progress=config.progress),
         save=lambda rep, p: _write_stage(p, "probes", rep.to_dict()),
         load=lambda p: _read_stage(p, "probes", probes.ProbeReport.from_dict),
         timings=timings)
@@ -232,7 +280,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
         load=lambda p: _read_stage(p, "erasure", probes.ErasureReport.from_dict),
         timings=timings)
 
-    _add_twin_evidence(ablation_report.isolation, twin, config.verdict_rules)
+    _add_twin_evidence(ablation_report.isolation, twin, config.ablation.rules)
     results = _results(hm, task, config, label, fit_result, subnetworks, ablation_report,
                        probe_report)
     if erasure_report is not None:
@@ -320,6 +368,7 @@ def _cached(store: "_Store | None", name: str, compute: Callable[[], Any],
     stage = name.removesuffix(".json")
     if store is not None and store.done(name):
         timings[stage] = {"wall_s": 0.0, "cpu_s": 0.0, "resumed": True}
+        log.info("stage %s: resumed from %s", stage, store.path(name))
         return load(store.path(name))
     with _timed(timings, stage):
         value = compute()
@@ -332,9 +381,11 @@ def _cached(store: "_Store | None", name: str, compute: Callable[[], Any],
 def _timed(timings: dict[str, dict[str, Any]], stage: str) -> Iterator[None]:
     """Record the stage's wall and CPU seconds (this process, every thread) in ``timings``."""
     wall, cpu = time.perf_counter(), time.process_time()
+    log.info("stage %s: started", stage)
     yield
     timings[stage] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
                       "resumed": False}
+    log.info("stage %s: done in %.1f s", stage, timings[stage]["wall_s"])
 
 
 def _check_inputs(hm: HookedModel, task: Any, config: AnalysisConfig, label: str) -> None:
@@ -351,7 +402,7 @@ def _check_inputs(hm: HookedModel, task: Any, config: AnalysisConfig, label: str
         raise ValueError("the task has no subroutines: there is nothing to find subnetworks for")
     for name in task.subroutines:
         _validate.path_name(name)
-    _validate.against_model(hm, config.mask_params, config.probe_hooks)
+    _validate.against_model(hm, config.mask.params, config.probe_hooks)
     for name, split in task.subroutines.items():
         if config.validation_fraction > 0:
             split.train.holdout(config.validation_fraction)
@@ -475,7 +526,7 @@ def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
                  f"{probe_report.decodability_of(label):.3f}; best layers: {shown}{more}.")
     evidence = [{"subnetwork": e["subnetwork"], "target": e["target_task"],
                  "verdict": e.get("verdict"), "effect_on_target": e["effect_target"],
-                 "p_holm": e["p_target_holm"], "reason": e["reason"]} for e in isolation]
+                 "p_adjusted": e["p_target_adjusted"], "reason": e["reason"]} for e in isolation]
     return {"text": text, "isolated": {e["subnetwork"]: e["isolated"] for e in isolation},
             "verdicts": {e["subnetwork"]: e.get("verdict") for e in isolation},
             "evidence": evidence, "competence": gate}
@@ -490,9 +541,47 @@ _RESULTS_KEYS = {
 
 def read_results(path: str | Path) -> dict[str, Any]:
     """A results.json (of an analysis or a comparison), checked: parseable, a schema version this
-    modprobe reads, a known ``kind`` and every key the report needs; errors name the path."""
-    results = _validate.read_json(path, kind=tuple(_RESULTS_KEYS))
+    modprobe reads, a known ``kind`` and every key the report needs; errors name the path.
+    A version 2 file is returned in the version 3 vocabulary (see :func:`_upgrade`)."""
+    results = _validate.read_json(path, kind=tuple(_RESULTS_KEYS), versions=(2, SCHEMA_VERSION))
     _check_results(results, str(path))
+    return _upgrade(results)
+
+
+# Version 2 names that version 3 renamed, per part of an analysis' results.
+_RENAMED = {"p_holm": "p_adjusted", "p_target_holm": "p_target_adjusted",
+            "n_boot": "n_bootstrap"}
+
+
+def _upgrade(results: dict[str, Any]) -> dict[str, Any]:
+    """A version 2 results dict in the version 3 vocabulary: ablation rows, isolation entries,
+    verdict evidence and erasure rows say ``p_adjusted`` (was ``p_holm``), ablation and erasure
+    configs ``n_bootstrap`` (was ``n_boot``), probe rows name their model in ``model`` (was
+    ``condition``). The ``config`` keeps its version 2 (flat) layout."""
+    if results.get("schema_version") != 2:
+        return results
+    results = copy.deepcopy(results)
+    results["schema_version"] = SCHEMA_VERSION
+    if results["kind"] == "comparison":
+        for group in ("pretrained", "random"):
+            results[group] = [_upgrade(run) for run in results[group]]
+        return results
+
+    def renamed(entry: dict[str, Any]) -> dict[str, Any]:
+        return {_RENAMED.get(k, k): v for k, v in entry.items()}
+
+    ablation_part = results["ablation"]
+    for key in ("rows", "isolation"):
+        ablation_part[key] = [renamed(e) for e in ablation_part.get(key, [])]
+    for entry in ablation_part["isolation"]:
+        entry["others"] = [renamed(o) for o in entry.get("others", [])]
+    ablation_part["config"] = {k: renamed(v) for k, v in ablation_part.get("config", {}).items()}
+    results["verdict"]["evidence"] = [renamed(e) for e in results["verdict"].get("evidence", [])]
+    results["probes"]["rows"] = [{("model" if k == "condition" else k): v for k, v in r.items()}
+                                 for r in results["probes"].get("rows", [])]
+    if "erasure" in results:
+        results["erasure"]["rows"] = [renamed(r) for r in results["erasure"].get("rows", [])]
+        results["erasure"]["config"] = renamed(results["erasure"].get("config") or {})
     return results
 
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from .ablation import STRATEGIES
+from .probes import MEASURES, POOLINGS
+from .pruning import methods
+from .pruning.layout import GRANULARITIES
 
 _EXAMPLES = """examples:
   modprobe demo                                            # MiniLM vs random init, language task
@@ -14,6 +20,7 @@ _EXAMPLES = """examples:
   modprobe analyze --model path/to/hf_dir --task language --out runs/hf   # its own tokenizer
   modprobe analyze --model-factory mypkg.models:build --task hyperteacher --fit as_is --out runs/a
   modprobe analyze --model-factory mypkg.models:build --task vision --out runs/mine
+  modprobe analyze --model minilm --task language --out runs/hc --mask-method hard_concrete --granularity neuron --strategy mean
   modprobe compare --model minilm --task language --seeds 0 1 2 --out runs/cmp
   modprobe report runs/x                                   # re-render runs/x/report.html
   modprobe sweep examples/scaling.toml --out runs/scaling --quick   # a study of many analyses
@@ -29,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback when a command fails")
+    _loudness(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, model_required: bool = True) -> None:
@@ -39,18 +47,41 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--task", required=True, help="task family: hyperteacher, language, "
                        "symbolic, vision")
         p.add_argument("--out", required=True, type=Path, help="output directory (resumes)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="every stage's seed (default 0)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default cpu)")
         p.add_argument("--quick", action="store_true", help="small settings: minutes on a CPU")
-        p.add_argument("--n-random", type=int, default=None, help="random controls per subnetwork")
+        p.add_argument("--n-random", type=int, default=None, help="random controls per "
+                       "subnetwork (default 100; --quick 80)")
+        p.add_argument("--strategy", choices=STRATEGIES, default=None,
+                       help="what ablated weights become: zero (default), random (the weights of "
+                       "a re-initialised copy) or mean (a neuron's mean activation; needs whole "
+                       "output units, e.g. --granularity neuron)")
+        p.add_argument("--mask-method", choices=methods.names(), default=None,
+                       help="how subnetworks are searched: continuous (default: continuous "
+                       "sparsification), hard_concrete (L0 gates) or magnitude (top |w|, no "
+                       "training)")
+        p.add_argument("--granularity", choices=GRANULARITIES, default=None,
+                       help="one mask entry per weight (default), output neuron or attention head")
         p.add_argument("--mask-params", nargs="+", default=None, metavar="GLOB",
                        help="parameters to mask, e.g. 'blocks.*.mlp.*.weight'")
+        p.add_argument("--mask-lambda", nargs="+", type=float, default=None, metavar="LAMBDA",
+                       help="sparsity penalty; several values are a grid searched on held-out "
+                       "data (default 1 10 100 1000; --quick 1 300)")
+        p.add_argument("--mask-epochs", type=int, default=None,
+                       help="epochs of each mask search (default 20; --quick 12)")
         p.add_argument("--necessity", choices=("peel", "none"), default=None,
                        help="peel (default): before ablating, find every weight a subroutine can "
                        "run on by repeating the search on what is left; none: ablate the "
                        "sufficient subnetwork only")
         p.add_argument("--max-rounds", type=int, default=None,
                        help="most subnetworks the necessity search peels (default 8)")
+        p.add_argument("--probe-measure", nargs="+", choices=MEASURES, default=None,
+                       help="what the probes report: accuracy (always) and mdl (online "
+                       "codelength; default: both)")
+        p.add_argument("--probe-pooling", choices=POOLINGS, default=None,
+                       help="how a sequence becomes the probes' features (default mean)")
+        p.add_argument("--probe-hooks", nargs="+", default=None, metavar="HOOK",
+                       help="hook points to probe (default: every block's output)")
         p.add_argument("--fit", choices=("finetune", "head", "as_is"), default=None,
                        help="stage 1: finetune (default: a head and a fine-tuned copy), head (a "
                        "head on the frozen model), as_is (the model exactly as it is)")
@@ -102,7 +133,33 @@ def _parser() -> argparse.ArgumentParser:
     for p in (analyze, compare, report, demo, sweep):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback when the command fails")
+        _loudness(p, default=argparse.SUPPRESS)
     return parser
+
+
+def _loudness(parser: argparse.ArgumentParser, default: Any = False) -> None:
+    """``--quiet`` and ``--verbose``, accepted before or after the command."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="no progress bars and no log messages below warnings; the result "
+                       "summary is still printed")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="log each stage as it starts, finishes or resumes (logging, INFO)")
+
+
+def _logging(args: argparse.Namespace) -> None:
+    """The ``modprobe`` loggers' level for this command: WARNING, ERROR with --quiet, INFO with
+    --verbose (messages go to stderr)."""
+    logger = logging.getLogger("modprobe")
+    for old in [h for h in logger.handlers if h.get_name() == "modprobe-cli"]:
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("modprobe-cli")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.ERROR if args.quiet else logging.INFO if args.verbose
+                    else logging.WARNING)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -158,20 +215,30 @@ def _load(args: argparse.Namespace) -> Any:
         raise SystemExit(str(err)) from err
 
 
+# Command-line options that set an AnalysisConfig shorthand: {option dest: shorthand}.
+_SHORTHAND_OPTIONS = {"n_random": "n_random", "strategy": "strategy", "mask_method": "mask_method",
+                      "granularity": "granularity", "mask_params": "mask_params",
+                      "mask_lambda": "mask_lambda", "mask_epochs": "mask_epochs",
+                      "necessity": "necessity", "max_rounds": "max_rounds",
+                      "probe_measure": "probe_measure"}
+
+
 def _config(args: argparse.Namespace) -> Any:
     from .analysis import AnalysisConfig
 
-    overrides: dict[str, Any] = {}
-    if args.n_random is not None:
-        overrides["n_random"] = args.n_random
-    if args.mask_params:
-        overrides["mask_params"] = tuple(args.mask_params)
-    if args.necessity is not None:
-        overrides["necessity"] = args.necessity
-    if args.max_rounds is not None:
-        overrides["max_rounds"] = args.max_rounds
+    overrides: dict[str, Any] = {
+        short: tuple(value) if isinstance(value, list) else value
+        for dest, short in _SHORTHAND_OPTIONS.items()
+        if (value := getattr(args, dest)) is not None}
+    if args.probe_hooks:
+        overrides["probe_hooks"] = tuple(args.probe_hooks)
+    if args.quiet:
+        overrides["progress"] = False
     config = (AnalysisConfig.quick(seed=args.seed, **overrides) if args.quick
               else AnalysisConfig(seed=args.seed, **overrides))
+    if args.probe_pooling:
+        config = dataclasses.replace(
+            config, probe=dataclasses.replace(config.probe, pooling=args.probe_pooling))
     if args.fit:
         config = dataclasses.replace(config, fit=dataclasses.replace(config.fit, mode=args.fit))
     scratch = {field: value for field, value in (
@@ -204,6 +271,7 @@ _EXPECTED = (ValueError, TypeError, LookupError, OSError, ImportError, FloatingP
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _logging(args)
     try:
         return _run(args)
     except _EXPECTED as err:

@@ -215,11 +215,11 @@ def compare(model: Any, task: Any, seeds: Sequence[int] = (0, 1, 2),
     root = Path(out) if out is not None else None
     pretrained, random = [], []
     for seed in seeds:
-        cfg = dataclasses.replace(config, seed=seed, fit=dataclasses.replace(config.fit, seed=seed))
+        cfg = dataclasses.replace(config, seed=seed)  # every stage's seed, the fits' included
         seed_task = tasks.load(task, seed=seed, model=hm) if isinstance(task, str) else task
         pretrained.append(analyze(hm, seed_task, root / f"pretrained-seed{seed}" if root else None,
                                   cfg, label="pretrained"))
-        scratch = dataclasses.replace(cfg, fit=dataclasses.replace(config.scratch_fit, seed=seed))
+        scratch = dataclasses.replace(cfg, fit=cfg.scratch_fit)
         random.append(analyze(reinitialize(hm, seed), seed_task,
                               root / f"random-seed{seed}" if root else None, scratch,
                               label="random_init"))

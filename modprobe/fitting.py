@@ -79,7 +79,7 @@ class FitConfig:
     ``pool``: how a sequence output becomes one vector per example, ``"last"``, ``"first"``,
     ``"mean"``, ``None`` (leave it) or ``"auto"`` (the architecture's choice). ``solved_at``: a
     model whose own output already scores this much is analysed as it is, whatever the mode.
-    ``finetune``: the older spelling of the mode (True: ``"finetune"``, False: ``"head"``).
+    ``finetune``: the mode as a boolean (True: ``"finetune"``, False: ``"head"``).
 
     The optimisation: AdamW with ``lr`` for the head and ``backbone_lr`` for a fine-tuned
     backbone, ``weight_decay``, a linear warm-up over the first ``warmup`` share of the steps,

@@ -121,7 +121,7 @@ def _analysis_sections(res: dict[str, Any], prefix: str) -> list[tuple[str, str]
 
 _MASK_FIGURES = ("Mask density per layer", "Overlap between subnetworks", "Subnetwork graph")
 _ABLATION_COLUMNS = ("subnetwork", "eval_task", "condition", "metric", "chance", "value", "ci_low",
-                     "ci_high", "n_controls", "p_value", "p_holm", "effect")
+                     "ci_high", "n_controls", "p_value", "p_adjusted", "effect")
 
 
 def _empty_masks(res: dict[str, Any]) -> str:

@@ -360,7 +360,7 @@ def study(family: str, width: int, seed: int, *, mask_config: pruning.MaskConfig
                                  **({"params": planted.params} if planted.params else {}))
     subnets = pruning.train_subnetworks(hm, train, config, validation=val, progress=False)
     report = ablation.run(hm, subnets, test, n_random=n_random, seed=seed, complement=False,
-                          n_boot=200, progress=False)
+                          n_bootstrap=200, progress=False)
     return planted, subnets, report
 
 
@@ -371,7 +371,7 @@ def _data(labels: Callable, n: int, seed: int) -> tuple[torch.Tensor, ...]:
 
 def _row(family: str, width: int, seed: int, planted: Planted, report: Any, name: str,
          subnet: Any) -> dict[str, Any]:
-    entry = report.verdict(name)
+    entry = report.isolation_of(name)
     get = {(r["subnetwork"], r["eval_task"], r["condition"]): r for r in report.rows}
     other = "B" if name == "A" else "A"
     ablate = get[(name, name, "ablate")]

@@ -23,6 +23,7 @@ class FakeSubnetwork:
     masks: dict
     granularity: str = "weight"
     units: dict | None = None
+    layout: dict | None = None
     config: SimpleNamespace = field(init=False)
 
     def __post_init__(self):
@@ -80,7 +81,7 @@ def _branch_masks(br):
 @pytest.fixture(scope="module")
 def planted_report():
     return _run(_planted(), {"A": _branch_masks(0), "B": _branch_masks(1)}, _planted_tasks(),
-                n_random=100, seed=0, n_boot=200)
+                n_random=100, seed=0, n_bootstrap=200)
 
 
 def test_ablating_a_planted_branch_drops_its_task_to_chance_and_spares_the_other(planted_report):
@@ -97,9 +98,9 @@ def test_ablating_a_planted_branch_drops_its_task_to_chance_and_spares_the_other
 
 def test_planted_branches_are_isolated(planted_report):
     for name, other in (("A", "B"), ("B", "A")):
-        verdict = planted_report.verdict(name)
+        verdict = planted_report.isolation_of(name)
         assert verdict["isolated"] is True, verdict["reason"]
-        assert verdict["p_target_holm"] < 0.05
+        assert verdict["p_target_adjusted"] < 0.05
         (evidence,) = verdict["others"]
         assert evidence["task"] == other and not evidence["hurt"] and evidence["p_value"] == 1.0
         # Break It Down scores: keep-only A succeeds on A only; ablating A fails on A only
@@ -139,12 +140,12 @@ def test_subnetworks_sharing_a_bottleneck_unit_are_not_isolated():
     w2a[1, 0], w2b[3, 0] = True, True
     rep = _run(mp.wrap(m), {"A": {"0.weight": w1, "2.weight": w2a},
                             "B": {"0.weight": w1, "2.weight": w2b}}, tasks, n_random=100,
-               n_boot=0)
+               n_bootstrap=0)
     assert _row(rep, None, "B", "full")["value"] == 1.0
     for name, other in (("A", "B"), ("B", "A")):
-        verdict = rep.verdict(name)
+        verdict = rep.isolation_of(name)
         assert verdict["isolated"] is False
-        assert verdict["p_target_holm"] < 0.05  # it does hurt its own task ...
+        assert verdict["p_target_adjusted"] < 0.05  # it does hurt its own task ...
         assert verdict["others"][0]["hurt"] and other in verdict["reason"]  # ... and the other
     assert [o["jaccard"] for o in rep.overlap if o["tensor"] == "0.weight"] == [1.0]
 
@@ -211,6 +212,27 @@ def test_head_controls_remove_whole_heads():
         _specs(hm, {"S": FakeSubnetwork("S", {"0.weight": mask}, "head")})
 
 
+def test_controls_follow_the_unit_layout_the_subnetwork_records():
+    from modprobe.pruning.layout import Slot
+
+    hm = mp.wrap(nn.Sequential(nn.Linear(8, 12)))  # 4 units of 2 input columns each
+    mask = torch.zeros(12, 8, dtype=torch.bool)
+    mask[:, 2:4] = True
+    layout = {"0.weight": Slot("0.weight", (12, 8), axis=1, block=2)}
+    spec = _specs(hm, {"S": FakeSubnetwork("S", {"0.weight": mask}, "head", layout=layout)})["S"]
+    assert spec.layouts == layout
+    seen = set()
+    for removed in _controls(spec, 30, 0, "random_ablate"):
+        pairs = removed["0.weight"][0].view(4, 2)
+        assert (pairs.all(1) | ~pairs.any(1)).all() and int(pairs.all(1).sum()) == 1
+        seen.add(tuple(pairs.all(1).tolist()))
+    assert len(seen) == 4
+    split = mask.clone()
+    split[:, 3] = False  # half of a unit
+    with pytest.raises(ValueError, match="splits a unit of 2"):
+        _specs(hm, {"S": FakeSubnetwork("S", {"0.weight": split}, "head", layout=layout)})
+
+
 # ----------------------------------------------------------------------- statistics
 @pytest.mark.parametrize("metric", ["accuracy", "r2"])
 def test_bootstrap_ci_covers_the_true_value_at_about_the_nominal_rate(metric):
@@ -245,7 +267,7 @@ def test_holm_adjustment():
 def test_warns_when_too_few_controls_for_any_holm_significant_result():
     with pytest.warns(UserWarning, match="n_random >= 80"):
         ablation.run(_planted(), {"A": _branch_masks(0), "B": _branch_masks(1)},
-                     _planted_tasks(40), n_random=10, n_boot=0, progress=False)
+                     _planted_tasks(40), n_random=10, n_bootstrap=0, progress=False)
 
 
 # ----------------------------------------------------------------------- strategies
@@ -259,7 +281,7 @@ def _regression_setup():
 def test_random_strategy_puts_reinitialised_weights_in_place_of_removed_ones():
     hm, tasks, x, y = _regression_setup()
     masks = _random_masks(hm, (0.3, 0.3), 0)
-    rep = _run(hm, {"S": masks}, tasks, n_random=2, seed=5, strategy="random", n_boot=0)
+    rep = _run(hm, {"S": masks}, tasks, n_random=2, seed=5, strategy="random", n_bootstrap=0)
     fresh = mp.reinitialize(hm, seed=5).params(list(masks))
     params = {p: torch.where(m, fresh[p], w) for (p, w), m in
               zip(hm.params(list(masks)).items(), masks.values())}
@@ -273,7 +295,7 @@ def test_mean_strategy_gives_removed_neurons_their_mean_activation():
     rows = torch.zeros(16, dtype=torch.bool)
     rows[[0, 3, 4, 9]] = True
     sub = FakeSubnetwork("S", {"fc1.weight": rows[:, None].expand(16, 6).clone()}, "neuron")
-    rep = _run(hm, {"S": sub}, tasks, n_random=2, strategy="mean", n_boot=0)
+    rep = _run(hm, {"S": sub}, tasks, n_random=2, strategy="mean", n_bootstrap=0)
     fc1, fc2 = hm.module.fc1, hm.module.fc2
     with torch.no_grad():
         hidden = fc1(x)
@@ -291,8 +313,8 @@ def test_mean_strategy_rejects_masks_that_are_not_whole_output_units():
 def test_vmap_over_masks_gives_the_same_scores_as_the_loop():
     hm, tasks, *_ = _regression_setup()
     subnets = {"S": _random_masks(hm, (0.2, 0.5), 0)}
-    loop = _run(hm, subnets, tasks, n_random=12, n_boot=0, vectorize=False)
-    vmap = _run(hm, subnets, tasks, n_random=12, n_boot=0, vectorize=True, mask_chunk=5)
+    loop = _run(hm, subnets, tasks, n_random=12, n_bootstrap=0, vectorize=False)
+    vmap = _run(hm, subnets, tasks, n_random=12, n_bootstrap=0, vectorize=True, mask_chunk=5)
     for a, b in zip(loop.controls, vmap.controls):
         assert a["values"] == pytest.approx(b["values"], abs=1e-6)
 
@@ -301,10 +323,10 @@ def test_vmap_over_masks_gives_the_same_scores_as_the_loop():
 def test_same_seed_gives_an_identical_report_and_another_seed_does_not():
     hm, tasks, *_ = _regression_setup()
     subnets = {"S": _random_masks(hm, (0.2, 0.5), 0)}
-    one, two = (_run(hm, subnets, tasks, n_random=8, seed=3, strategy="random", n_boot=50)
+    one, two = (_run(hm, subnets, tasks, n_random=8, seed=3, strategy="random", n_bootstrap=50)
                 for _ in range(2))
     assert one.to_json() == two.to_json()
-    other = _run(hm, subnets, tasks, n_random=8, seed=4, strategy="random", n_boot=50)
+    other = _run(hm, subnets, tasks, n_random=8, seed=4, strategy="random", n_bootstrap=50)
     assert other.controls[0]["values"] != one.controls[0]["values"]
 
 
@@ -313,7 +335,7 @@ def test_the_model_is_bit_identical_afterwards_with_no_grads_and_its_mode_restor
     hm.module.train()
     before = {k: v.clone() for k, v in hm.module.state_dict().items()}
     for strategy in ("zero", "random"):
-        _run(hm, {"S": _random_masks(hm, (0.2, 0.5), 0)}, tasks, n_random=3, n_boot=5,
+        _run(hm, {"S": _random_masks(hm, (0.2, 0.5), 0)}, tasks, n_random=3, n_bootstrap=5,
              strategy=strategy)
     after = hm.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -324,8 +346,8 @@ def test_the_model_is_bit_identical_afterwards_with_no_grads_and_its_mode_restor
 def test_accepts_subnetwork_objects_and_plain_mask_dicts_alike():
     hm, tasks, *_ = _regression_setup()
     masks = _random_masks(hm, (0.2, 0.5), 0)
-    plain = _run(hm, {"S": masks}, tasks, n_random=4, n_boot=0)
-    duck = _run(hm, {"S": FakeSubnetwork("S", masks)}, tasks, n_random=4, n_boot=0)
+    plain = _run(hm, {"S": masks}, tasks, n_random=4, n_bootstrap=0)
+    duck = _run(hm, {"S": FakeSubnetwork("S", masks)}, tasks, n_random=4, n_bootstrap=0)
     assert plain.to_json() == duck.to_json()
 
 
@@ -340,13 +362,13 @@ def test_report_round_trips_through_json_and_prints_a_compact_table(planted_repo
 def test_a_random_init_twins_report_combines_with_a_model_column(planted_report):
     hm = _planted()
     twin = _run(mp.reinitialize(hm, seed=0), {"A": _branch_masks(0), "B": _branch_masks(1)},
-                _planted_tasks(), n_random=20, n_boot=0, label="random_init")
-    both = planted_report.combine(twin)
+                _planted_tasks(), n_random=20, n_bootstrap=0, label="random_init")
+    both = ablation.AblationReport.concat([planted_report, twin])
     assert {r["model"] for r in both.rows} == {"model", "random_init"}
-    assert both.verdict("A", model="random_init")["isolated"] is False
+    assert both.isolation_of("A", model="random_init")["isolated"] is False
     assert "random_init" in both.table()
     with pytest.raises(ValueError, match="repeated model labels"):
-        planted_report.combine(planted_report)
+        ablation.AblationReport.concat([planted_report, planted_report])
 
 
 def test_overlap_jaccard_per_tensor_and_overall():
@@ -355,7 +377,7 @@ def test_overlap_jaccard_per_tensor_and_overall():
     b1 = torch.tensor([[0, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
     a2 = torch.tensor([[1, 1], [0, 0]], dtype=torch.bool)
     rep = _run(hm, {"a": {"fc1.weight": a1, "fc2.weight": a2}, "b": {"fc1.weight": b1}},
-               {"T": (torch.randn(20, 4), torch.randint(0, 2, (20,)))}, n_random=2, n_boot=0,
+               {"T": (torch.randn(20, 4), torch.randint(0, 2, (20,)))}, n_random=2, n_bootstrap=0,
                complement=False)
     got = {o["tensor"]: o["jaccard"] for o in rep.overlap}
     assert got == pytest.approx({"fc1.weight": 2 / 4, "fc2.weight": 0.0, "*": 2 / 6})
@@ -365,8 +387,8 @@ def test_subnetwork_without_a_matching_task_gets_no_verdict_unless_targets_maps_
     hm, tasks, *_ = _regression_setup()
     masks = {"X": _random_masks(hm, (0.2, 0.5), 0)}
     tasks = {**tasks, "U": tasks["T"]}
-    assert _run(hm, masks, tasks, n_random=2, n_boot=0).verdict("X")["isolated"] is None
-    mapped = _run(hm, masks, tasks, n_random=2, n_boot=0, targets={"X": "T"}).verdict("X")
+    assert _run(hm, masks, tasks, n_random=2, n_bootstrap=0).isolation_of("X")["isolated"] is None
+    mapped = _run(hm, masks, tasks, n_random=2, n_bootstrap=0, targets={"X": "T"}).isolation_of("X")
     assert mapped["target_task"] == "T" and mapped["others"][0]["task"] == "U"
 
 
@@ -374,7 +396,7 @@ def test_complement_controls_are_skipped_when_the_subnetwork_keeps_most_weights(
     hm, tasks, *_ = _regression_setup()
     with pytest.warns(UserWarning, match="no complement of equal size"):
         rep = ablation.run(hm, {"S": _random_masks(hm, (0.9, 0.2), 0)}, tasks, n_random=100,
-                           n_boot=0, progress=False)
+                           n_bootstrap=0, progress=False)
     assert {r["condition"] for r in rep.rows} == {"full", "ablate", "keep_only", "random_ablate"}
 
 
@@ -431,7 +453,7 @@ def test_bridge_mean_ablation_uses_hook_points_and_leaves_the_bridge_intact():
     before = {k: v.clone() for k, v in hm.module.state_dict().items()}
     every = {"blocks.0.mlp.in.weight": torch.ones(64, 32, dtype=torch.bool)}
     rep = _run(hm, {"S": FakeSubnetwork("S", every, "neuron")}, tasks, n_random=2,
-               strategy="mean", n_boot=0)
+               strategy="mean", n_bootstrap=0)
     # mean-ablating every unit of mlp.in == weights 0 and the bias set to the mean activation
     with torch.no_grad():
         _, cache = hm.run_with_cache(ids, names=["blocks.0.mlp.in.hook_out"])

@@ -1,13 +1,16 @@
 """End to end: analyze, resume, compare, results.json schema, report, CLI."""
+import dataclasses
 import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import modprobe as mp
 from modprobe import cli
@@ -34,8 +37,8 @@ def analysis(planted, tmp_path_factory):
 
 
 def check_schema(results):
-    """The documented results.json schema, version 2 (README: 'results.json')."""
-    assert results["schema_version"] == 2 and results["kind"] == "analysis"
+    """The documented results.json schema, version 3 (README: 'results.json')."""
+    assert results["schema_version"] == 3 and results["kind"] == "analysis"
     for key, kind in {"label": str, "created": str, "versions": dict, "config": dict, "model": dict,
                       "task": dict, "fit": dict, "subnetworks": dict, "ablation": dict,
                       "probes": dict, "scalars": dict, "verdict": dict}.items():
@@ -50,10 +53,10 @@ def check_schema(results):
     for sub in results["subnetworks"].values():
         assert 0 <= sub["density"] <= 1 and all(0 <= d <= 1 for d in sub["densities"].values())
     for row in results["ablation"]["rows"]:
-        assert {"subnetwork", "eval_task", "condition", "metric", "value", "ci_low", "ci_high",
-                "p_value"} <= set(row)
+        assert {"model", "subnetwork", "eval_task", "condition", "metric", "value", "ci_low",
+                "ci_high", "p_value", "p_adjusted"} <= set(row)
     for row in results["probes"]["rows"]:
-        assert {"hook", "constituent", "accuracy", "ci_low", "ci_high", "control_accuracy",
+        assert {"model", "hook", "constituent", "accuracy", "ci_low", "ci_high", "control_accuracy",
                 "selectivity", "baseline"} <= set(row)
     json.dumps(results)  # plain JSON all the way down
 
@@ -109,16 +112,34 @@ def test_resuming_with_another_configuration_is_refused(planted, analysis):
         mp.analyze(planted[0], planted[1], out=analysis.out, config=other)
 
 
-def test_resuming_after_the_pruning_defaults_changed_is_refused(planted, analysis, monkeypatch):
-    """The fingerprint covers the MaskConfig defaults the AnalysisConfig leaves open, so masks
-    trained under old library defaults are never silently reused."""
-    original = mp.pruning.MaskConfig
+def test_a_version_2_results_file_reads_in_the_version_3_vocabulary(analysis, tmp_path):
+    current = json.loads((analysis.out / "results.json").read_text())
+    old = dict(current, schema_version=2)
+    for part in ("ablation", "verdict", "erasure"):  # probe rows said p_adjusted already
+        old[part] = json.loads(json.dumps(current[part]).replace('"p_adjusted"', '"p_holm"')
+                               .replace('"p_target_adjusted"', '"p_target_holm"')
+                               .replace('"n_bootstrap"', '"n_boot"'))
+    old["probes"] = json.loads(json.dumps(current["probes"]))
+    for row in old["probes"]["rows"]:
+        row["condition"] = row.pop("model")
+    assert old["ablation"]["rows"][0]["p_holm"] is None  # the file really uses the old names
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    upgraded = mp.analysis.read_results(tmp_path / "results.json")
+    assert upgraded["ablation"] == current["ablation"]
+    assert upgraded["verdict"] == current["verdict"] and upgraded["erasure"] == current["erasure"]
+    assert upgraded["probes"]["rows"] == [dict(r) for r in current["probes"]["rows"]]
+    old["schema_version"] = 1
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="schema_version 1, but this modprobe reads version 2 or 3;"):
+        mp.analysis.read_results(tmp_path / "results.json")
 
-    def other_defaults(**kwargs):
-        return original(**{"init": 0.5, **kwargs})
-    monkeypatch.setattr(mp.analysis.pruning, "MaskConfig", other_defaults)
+
+def test_resuming_with_any_nested_setting_changed_is_refused(planted, analysis):
+    """The fingerprint covers every field of the nested stage configs, including those no
+    shorthand names, so masks trained under other settings are never silently reused."""
+    other = dataclasses.replace(CONFIG, mask=CONFIG.mask.replace(margin=0.1))
     with pytest.raises(ValueError, match="another model, task or configuration"):
-        mp.analyze(planted[0], planted[1], out=analysis.out, config=CONFIG)
+        mp.analyze(planted[0], planted[1], out=analysis.out, config=other)
 
 
 def test_compare_sets_arms_that_both_learned_the_task_side_by_side(planted, tmp_path):
@@ -235,13 +256,86 @@ def test_cli_bad_arguments_say_what_is_wrong(argv, message):
         cli.main(argv)
 
 
-def test_cli_analyze_with_a_model_factory(tmp_path, monkeypatch, capsys):
+def _mlp_factory(tmp_path, monkeypatch) -> str:
+    """A module on sys.path whose build() makes a small MLP: ``--model-factory`` for the CLI."""
     (tmp_path / "my_models.py").write_text(
         "import modprobe as mp\n"
         "def build():\n    return mp.scratch.mlp([32, 64, 16]).module\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_models:build"
+
+
+def test_cli_analyze_with_a_model_factory(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    assert cli.main(["analyze", "--model-factory", "my_models:build", "--task", "hyperteacher",
-                     "--out", str(out), "--quick", "--n-random", "20"]) == 0
+    assert cli.main(["analyze", "--model-factory", _mlp_factory(tmp_path, monkeypatch), "--task",
+                     "hyperteacher", "--out", str(out), "--quick", "--n-random", "20"]) == 0
     check_schema(json.loads((out / "results.json").read_text()))
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+
+
+def test_cli_reaches_mask_method_granularity_and_strategy(tmp_path, monkeypatch):
+    factory, out = _mlp_factory(tmp_path, monkeypatch), tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["analyze", "--model-factory", factory, "--task", "hyperteacher",
+                         "--out", str(out), "--quick", "--n-random", "20", "--necessity", "none",
+                         "--mask-method", "hard_concrete", "--granularity", "neuron",
+                         "--strategy", "mean", "--mask-lambda", "1", "--mask-epochs", "3",
+                         "--probe-measure", "accuracy"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    check_schema(results)
+    config = results["config"]
+    assert (config["mask"]["method"], config["mask"]["granularity"]) == ("hard_concrete", "neuron")
+    assert config["mask"]["lr"] == 0.05 and config["mask"]["init"] == 2.0  # the method's defaults
+    assert config["ablation"]["strategy"] == "mean"
+    assert config["probe"]["measure"] == ["accuracy"]
+    assert all(c["strategy"] == "mean" for c in results["ablation"]["config"].values())
+    for name in results["subnetworks"]:
+        sub = mp.pruning.Subnetwork.load(out / "masks" / name)
+        assert sub.config.method == "hard_concrete" and sub.config.granularity == "neuron"
+        for param, mask in sub.masks.items():  # whole output neurons: rows of nn.Linear
+            assert sub.layout[param].axis == 0
+            assert torch.equal(mask, sub.units[param].view(-1, *[1] * (mask.dim() - 1))
+                               .expand_as(mask))
+    assert results["probes"]["rows"] and not any("codelength" in r for r in results["probes"]["rows"])
+
+
+def test_load_run_gives_back_the_analysis_with_its_reports_as_dataframes(analysis):
+    run = mp.load_run(analysis.out)
+    assert isinstance(run, mp.Analysis)
+    assert run.results == json.loads((analysis.out / "results.json").read_text())
+    assert run.verdict == analysis.verdict and set(run.subnetworks) == set(analysis.subnetworks)
+    for name, sub in run.subnetworks.items():
+        assert all(torch.equal(sub.masks[p], analysis.subnetworks[name].masks[p]) for p in sub.masks)
+    rows = run.ablation.to_dataframe()
+    assert len(rows) == len(analysis.results["ablation"]["rows"])
+    assert {"model", "subnetwork", "eval_task", "condition", "value", "p_adjusted"} <= set(rows)
+    isolation = run.ablation.to_dataframe("isolation")
+    assert list(isolation["subnetwork"]) == [e["subnetwork"] for e in run.ablation.isolation]
+    assert list(isolation["verdict"]) == [analysis.results["verdict"]["verdicts"][s]
+                                          for s in isolation["subnetwork"]]
+    probes = run.probes.to_dataframe()
+    assert set(probes["model"]) == {"model"} and len(probes) == len(run.probes.rows)
+    assert run.erasure is not None and len(run.erasure.to_dataframe()) == len(run.erasure.rows)
+    with pytest.raises(ValueError, match="no table 'verdicts'; its tables are"):
+        run.ablation.to_dataframe("verdicts")
+
+
+def test_load_run_names_a_directory_without_results(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no finished run"):
+        mp.load_run(tmp_path)
+
+
+def test_cli_verbose_logs_each_stage_and_quiet_logs_nothing(analysis, planted, tmp_path, capsys,
+                                                          monkeypatch):
+    """A resumed run, so that the CLI does no work: --verbose logs every stage as resumed."""
+    monkeypatch.setattr(cli, "_load", lambda args: planted[0])
+    monkeypatch.setattr(cli, "_task", lambda *args: planted[1])
+    monkeypatch.setattr(cli, "_config", lambda args: CONFIG)  # the fixture's: it resumes
+    argv = ["analyze", "--model", "planted", "--task", "planted", "--out", str(analysis.out)]
+    assert cli.main(argv + ["--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert all(f"stage {s}: resumed" in err for s in ("masks", "ablation", "probes"))
+    assert cli.main(argv + ["--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "stage" not in captured.err and "Modular" in captured.out

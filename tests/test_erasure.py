@@ -51,7 +51,7 @@ def test_erasing_a_used_constituent_hurts_its_subroutine_beyond_random_direction
     rows = {(r["subroutine"], r["constituent"]): r for r in report.rows}
     used = rows["A", "a"]
     assert used["full"] > 0.95 and used["erased"] < 0.65 and used["rank"] == 1
-    assert used["random_mean"] > 0.85 and used["ci_low"] > 0.2 and used["p_holm"] < 0.05
+    assert used["random_mean"] > 0.85 and used["ci_low"] > 0.2 and used["p_adjusted"] < 0.05
     for key in (("A", "b"), ("A", "c"), ("B", "a"), ("B", "c")):  # not read by that subroutine
         assert not rows[key]["used"] and rows[key]["effect"] < 0.03, key
     assert report.used("A") == [("a", "enc")] and report.used("B") == [("b", "enc")]

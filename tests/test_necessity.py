@@ -41,7 +41,7 @@ def test_peeling_grows_the_necessary_set_inside_the_module_until_a_breaks(branch
 def test_the_planted_modules_are_called_isolated(branches):
     _, _, report = branches
     for name in ("A", "B"):
-        entry = report.verdict(name)
+        entry = report.isolation_of(name)
         assert entry["verdict"] == "isolated", entry["reason"]
         assert entry["others"][0]["overlap"] == 0  # the two necessary sets share no weight
 
@@ -54,7 +54,7 @@ def test_a_search_without_necessity_ablates_the_sufficient_subnetwork(branches):
     config = MaskConfig(params=("a.2.weight",), l0_lambda=10.0, epochs=4, necessity="none")
     subnet = train_subnetworks(mp.wrap(planted.model), {"A": sub}, config, progress=False)["A"]
     assert subnet.necessary is None and subnet.necessity == {}
-    report = mp.ablation.run(planted.model, {"A": subnet}, {"A": sub}, n_random=10, n_boot=0,
+    report = mp.ablation.run(planted.model, {"A": subnet}, {"A": sub}, n_random=10, n_bootstrap=0,
                              complement=False, progress=False)
     assert {r["condition"] for r in report.rows} == {"full", "ablate", "keep_only",
                                                      "random_ablate"}
@@ -81,7 +81,7 @@ def test_necessity_settings_are_checked():
 
 
 # ------------------------------------------------------------------ the verdict's vocabulary
-def _judge(full=None, keep=0.95, ablate=0.5, other_after=0.95, p_holm=0.01, p_other=0.9,
+def _judge(full=None, keep=0.95, ablate=0.5, other_after=0.95, p_adjusted=0.01, p_other=0.9,
            necessity=None, overlap=0, expected=5.0):
     full = full or {"A": 0.97, "B": 0.96}
     values = {("full", "A"): full["A"], ("full", "B"): full["B"], ("keep_only", "A"): keep,
@@ -89,7 +89,7 @@ def _judge(full=None, keep=0.95, ablate=0.5, other_after=0.95, p_holm=0.01, p_ot
     necessity = necessity if necessity is not None else {
         "rounds": [{"union_density": 0.1, "remainder": 0.5}], "broken": True}
     return judge("A", "A", lambda c, t: values[(c, t)], {"A": 0.5, "B": 0.5},
-                 {"p_holm": p_holm, "value": 0.9},
+                 {"p_adjusted": p_adjusted, "value": 0.9},
                  [{"task": "B", "p_value": p_other, "overlap": overlap,
                    "overlap_expected": expected, "p_separate": 0.01}],
                  necessity, VerdictRules(), 0.05)[0]
@@ -103,7 +103,7 @@ def _judge(full=None, keep=0.95, ablate=0.5, other_after=0.95, p_holm=0.01, p_ot
     (dict(keep=0.99, full={"A": 0.9, "B": 0.96}), "cannot tell"),
     (dict(necessity={"rounds": [{"union_density": 0.3, "remainder": 0.93}], "broken": False}),
      "redundant"),
-    (dict(p_holm=0.2), "not isolated"),
+    (dict(p_adjusted=0.2), "not isolated"),
     (dict(p_other=0.01), "shared"),
     (dict(other_after=0.85), "shared"),  # hurt by more than max_other_drop, even if random does too
     (dict(overlap=4, expected=5.0), "shared"),  # B runs on A's weights, though it survives

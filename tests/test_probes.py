@@ -345,16 +345,16 @@ def test_holm_and_benjamini_hochberg_adjustments():
 
 
 # ----------------------------------------------------------------- report
-def test_report_round_trips_json_and_concatenates_conditions():
+def test_report_round_trips_json_and_concatenates_models():
     n = 90
     y = torch.arange(n) % 3
     trained = _noise_with_code(n, 8, y, planted=1, n_layers=2, strength=2.0)
     untrained = _noise_with_code(n, 8, y, planted=1, n_layers=2, strength=0.0)
-    reports = [decodability(m, torch.arange(n), {"y": y}, condition=c, **FAST)
+    reports = [decodability(m, torch.arange(n), {"y": y}, label=c, **FAST)
                for m, c in ((trained, "trained"), (untrained, "random-init"))]
     both = ProbeReport.concat(reports)
     again = ProbeReport.from_json(both.to_json())
-    assert again.rows == json.loads(json.dumps(both.rows)) and again.conditions == both.conditions
+    assert again.rows == json.loads(json.dumps(both.rows)) and again.models == both.models
     assert both.decodability_of("trained") > 0.4 > both.decodability_of("random-init")
     with pytest.raises(ValueError, match="decodability_of"):
         _ = both.decodability

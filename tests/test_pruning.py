@@ -8,7 +8,9 @@ from torch import nn
 
 import modprobe as mp
 from modprobe.pruning import MaskConfig, Subnetwork, train_subnetwork, train_subnetworks
-from modprobe.pruning.masks import MaskSet, _Slot, layout
+from modprobe.pruning import methods
+from modprobe.pruning.layout import Slot, slots as layout
+from modprobe.pruning.masks import MaskSet
 
 
 def _branch(d, h):
@@ -131,7 +133,7 @@ def test_masked_model_starts_as_the_unmasked_function(planted):
     slots = layout(planted, names, "weight")
     weights = planted.params(names)
     for init, margin in ((0.0, 0.05), (0.05, 0.0), (0.5, 0.05), (2.0, 0.0)):
-        masks = MaskSet(slots, weights, "continuous", init, margin=margin)
+        masks = MaskSet(slots, weights, methods.get("continuous"), init, margin=margin)
         masked, _ = masks.masked(beta=1.0)
         x = torch.randn(16, 16)
         assert torch.allclose(planted.forward_with(masked, x), planted(x), atol=1e-6)
@@ -143,8 +145,8 @@ def _slots(model, names, kind):
         return layout(model, names, kind)
     shapes = {n: tuple(w.shape) for n, w in model.params(names).items()}
     if kind == "input_columns":
-        return [_Slot(n, shape, shape[1], 1, 1) for n, shape in shapes.items()]
-    return [_Slot(n, shape, shape[0] // 2, 0, 2) for n, shape in shapes.items()]  # "heads" of 2 rows
+        return [Slot(n, shape, 1, 1) for n, shape in shapes.items()]
+    return [Slot(n, shape, 0, 2) for n, shape in shapes.items()]  # "heads" of 2 rows
 
 
 @pytest.mark.parametrize("kind", ["weight", "neuron", "input_columns", "grouped_rows"])
@@ -152,7 +154,7 @@ def test_hand_written_mask_gradient_matches_autograd(planted, kind):
     names = planted.param_names("*.weight")
     slots = _slots(planted, names, kind)
     weights = planted.params(names)
-    masks = MaskSet(slots, weights, "continuous", init=0.5, margin=0.05)
+    masks = MaskSet(slots, weights, methods.get("continuous"), init=0.5, margin=0.05)
     with torch.no_grad():
         masks.logits.copy_(torch.randn(masks.logits.shape, generator=torch.Generator().manual_seed(0)))
     beta, lam, x = 2.0, 3.0, torch.randn(16, 16)  # beta * init = 1: the rescale r is far from 1
@@ -246,6 +248,49 @@ def test_neuron_masks_are_whole_rows_and_round_trip_with_units(planted, tmp_path
     subnet.save(tmp_path / "n")
     loaded = Subnetwork.load(tmp_path / "n")
     assert all(torch.equal(loaded.units[n], subnet.units[n]) for n in subnet.units)
+    assert {n: (s.axis, s.block) for n, s in subnet.layout.items()} == {
+        n: (0, 1) for n in subnet.masks}  # nn.Linear neurons are rows
+    assert loaded.layout == subnet.layout
+
+
+def test_subnetworks_saved_before_layouts_were_recorded_still_load(planted_subnets, tmp_path):
+    import json
+
+    planted_subnets[0]["A"].save(tmp_path / "A")
+    meta = json.loads((tmp_path / "A" / "subnetwork.json").read_text())
+    del meta["layout"]
+    meta["schema_version"] = 2
+    (tmp_path / "A" / "subnetwork.json").write_text(json.dumps(meta))
+    loaded = Subnetwork.load(tmp_path / "A")
+    assert loaded.layout is None and list(loaded.masks) == list(planted_subnets[0]["A"].masks)
+
+
+class _EveryOther(methods.MaskMethod):
+    """A toy untrained method: keeps every other unit of each tensor."""
+
+    name, trained, searched = "every_other", False, ("density",)
+
+    def select(self, slots, weights, config):
+        return torch.cat([torch.arange(s.n_units) % 2 == 0 for s in slots])
+
+
+def test_a_registered_method_is_one_class_and_one_line():
+    methods.register(_EveryOther())
+    try:
+        assert "every_other" in methods.names()
+        hm = mp.wrap(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)))
+        x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+        subnet = train_subnetwork(hm, (x, y), MaskConfig(method="every_other",
+                                                         granularity="neuron"), progress=False)
+        assert subnet.units["0.weight"].tolist() == [True, False] * 3
+        assert subnet.units["2.weight"].tolist() == [True, False]
+        assert subnet.density == pytest.approx((3 * 4 + 1 * 6) / (24 + 12))
+        with pytest.raises(ValueError, match="already"):
+            methods.register(_EveryOther())
+    finally:
+        methods.unregister("every_other")
+    with pytest.raises(ValueError, match="unknown method 'every_other'"):
+        MaskConfig(method="every_other")
 
 
 def test_conv_neuron_is_a_whole_output_channel():

@@ -6,9 +6,9 @@ subroutine more than removing random weights of the same size per tensor does, a
 other subroutines no more than such random removals (Lepori et al. 2023, "Break It Down").
 """
 from ._report import AblationReport
-from ._run import AblationConfig, run
+from ._run import STRATEGIES, AblationConfig, run
 from ._scores import PUBLISHED, break_it_down_scores, mean_score
 from ._verdict import VERDICTS, VerdictRules
 
-__all__ = ["AblationConfig", "AblationReport", "PUBLISHED", "VERDICTS", "VerdictRules",
-           "break_it_down_scores", "mean_score", "run"]
+__all__ = ["AblationConfig", "AblationReport", "PUBLISHED", "STRATEGIES", "VERDICTS",
+           "VerdictRules", "break_it_down_scores", "mean_score", "run"]

@@ -15,16 +15,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-GRANULARITIES = ("weight", "neuron", "head")
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """How a tensor's mask is made of units: single weights (``axis=None``) or whole slices
-    along ``axis``, ``block`` consecutive slices per unit (a head spans ``d_head`` rows)."""
-
-    axis: int | None = None
-    block: int = 1
+from ..pruning.layout import GRANULARITIES, Slot, unit_axis
 
 
 @dataclass
@@ -36,7 +27,7 @@ class _Spec:
     name: str
     masks: dict[str, torch.Tensor]
     granularity: str
-    layouts: dict[str, _Layout]
+    layouts: dict[str, Slot]
     keep: dict[str, torch.Tensor] | None = None
     necessity: dict[str, Any] | None = None
 
@@ -49,7 +40,9 @@ def _specs(model: Any, subnetworks: Mapping[str, Any], *,
            output_axes: Mapping[str, int] | None = None) -> dict[str, _Spec]:
     """Validate ``{name: Subnetwork-like or {param: bool mask}}`` against the model's parameters.
 
-    ``output_axes`` (mean strategy) forces unit layouts along each tensor's output axis.
+    A Subnetwork's recorded ``layout`` gives each tensor's units; for plain masks they are read
+    off the mask's pattern. ``output_axes`` (mean strategy) forces unit layouts along each
+    tensor's output axis.
     """
     if not isinstance(subnetworks, Mapping) or not subnetworks:
         raise ValueError("subnetworks must be a non-empty dict {name: Subnetwork or "
@@ -73,11 +66,13 @@ def _specs(model: Any, subnetworks: Mapping[str, Any], *,
         else:
             units = getattr(sub, "units", None)
         units = units if isinstance(units, Mapping) else {}  # {param: per-unit bool mask}
+        recorded = getattr(sub, "layout", None)
+        recorded = recorded if isinstance(recorded, Mapping) else {}
         clean = {p: _check_mask(name, p, m, shapes) for p, m in masks.items()}
         if output_axes is not None:
             granularity = "neuron" if granularity == "weight" else granularity
         layouts = {p: _layout(name, p, m, granularity, units.get(p),
-                              None if output_axes is None else output_axes[p])
+                              None if output_axes is None else output_axes[p], recorded.get(p))
                    for p, m in clean.items()}
         necessity = getattr(sub, "necessity", None) if keep is not None else None
         specs[name] = _Spec(name, clean, granularity, layouts, keep, necessity or {})
@@ -104,14 +99,21 @@ def _check_mask(sub: str, param: str, mask: Any, shapes: Mapping[str, tuple]) ->
 
 
 def _layout(sub: str, param: str, mask: torch.Tensor, granularity: str, units: Any,
-            axis: int | None) -> _Layout:
+            axis: int | None, recorded: Slot | None) -> Slot:
+    shape = tuple(mask.shape)
     if granularity == "weight":
-        return _Layout()
-    if axis is not None and not _constant_off_axis(mask, axis):
+        return Slot(param, shape)
+    if recorded is not None and recorded.axis is not None and axis in (None, recorded.axis):
+        if not recorded.whole(mask):
+            raise ValueError(f"subnetwork {sub!r}: the mask of {param!r} splits a unit of "
+                             f"{recorded.block} slices along axis {recorded.axis}; unit masks "
+                             "must keep or drop whole units")
+        return recorded
+    if axis is not None and not Slot(param, shape, axis).whole(mask):
         raise ValueError(f"strategy 'mean' replaces whole output units (neurons, channels), but "
                          f"subnetwork {sub!r} masks {param!r} with a pattern that is not made of "
                          "whole output units; use strategy 'zero' or 'random' for such masks")
-    axis = _unit_axis(mask) if axis is None else axis
+    axis = unit_axis(mask) if axis is None else axis
     if axis is None:
         raise ValueError(f"subnetwork {sub!r} has {granularity} granularity but masks {param!r} "
                          "with a pattern that is not made of whole slices along one axis (rows, "
@@ -128,49 +130,12 @@ def _layout(sub: str, param: str, mask: torch.Tensor, granularity: str, units: A
     if n_units < 1 or n % n_units:
         raise ValueError(f"subnetwork {sub!r}: {n_units} units do not divide axis {axis} "
                          f"(size {n}) of {param!r}")
-    block = n // n_units
-    per_unit = _along(mask, axis).view(n_units, block)
-    if not (per_unit.all(1) | ~per_unit.any(1)).all():
-        raise ValueError(f"subnetwork {sub!r}: the mask of {param!r} splits a unit of {block} "
-                         f"slices along axis {axis}; unit masks must keep or drop whole units")
-    return _Layout(axis, block)
-
-
-def _unit_axis(mask: torch.Tensor) -> int | None:
-    """The axis a mask is a function of (axis 0 for constant masks), or None."""
-    for axis in range(mask.dim()):
-        if _constant_off_axis(mask, axis):
-            return axis
-    return None
-
-
-def _constant_off_axis(mask: torch.Tensor, axis: int) -> bool:
-    if mask.dim() <= 1:
-        return True
-    moved = mask.movedim(axis, 0).reshape(mask.shape[axis], -1)
-    return bool((moved.all(1) | ~moved.any(1)).all())
-
-
-def _along(mask: torch.Tensor, axis: int) -> torch.Tensor:
-    """The per-slice value of a mask that is constant off ``axis``."""
-    return mask.movedim(axis, 0).reshape(mask.shape[axis], -1)[:, 0] if mask.dim() > 1 else mask
-
-
-def _units(mask: torch.Tensor, layout: _Layout) -> torch.Tensor:
-    """The mask as a flat vector of units."""
-    if layout.axis is None:
-        return mask.flatten()
-    return _along(mask, layout.axis).view(-1, layout.block)[:, 0]
-
-
-def _expand(units: torch.Tensor, layout: _Layout, shape: torch.Size) -> torch.Tensor:
-    """Inverse of :func:`_units`: a unit vector back to a mask of ``shape``."""
-    if layout.axis is None:
-        return units.view(shape)
-    along = units.repeat_interleave(layout.block)
-    view = [1] * len(shape)
-    view[layout.axis] = shape[layout.axis]
-    return along.view(view).expand(shape).clone()
+    slot = Slot(param, shape, axis, n // n_units)
+    if not slot.whole(mask):
+        raise ValueError(f"subnetwork {sub!r}: the mask of {param!r} splits a unit of "
+                         f"{slot.block} slices along axis {axis}; unit masks must keep or drop "
+                         "whole units")
+    return slot
 
 
 def _generator(seed: int, *parts: str) -> torch.Generator:
@@ -188,12 +153,12 @@ def _controls(spec: _Spec, n: int, seed: int, kind: str) -> Iterator[dict[str, t
         removed = {}
         for p, mask in spec.masks.items():
             layout = spec.layouts[p]
-            kept = _units(mask, layout)
+            kept = layout.units(mask)
             pool = (torch.ones_like(kept) if kind == "random_ablate" else ~kept).nonzero().flatten()
             chosen = pool[torch.randperm(len(pool), generator=gen)[:int(kept.sum())]]
             units = torch.zeros_like(kept)
             units[chosen] = True
-            removed[p] = _expand(units, layout, mask.shape)
+            removed[p] = layout.expand(units)
         yield removed
 
 
@@ -201,7 +166,7 @@ def _no_complement(spec: _Spec) -> list[str]:
     """Tensors where the subnetwork keeps more units than lie outside it: no complement control."""
     short = []
     for p, mask in spec.masks.items():
-        kept = _units(mask, spec.layouts[p])
+        kept = spec.layouts[p].units(mask)
         if int(kept.sum()) > int((~kept).sum()):
             short.append(p)
     return short
@@ -259,7 +224,7 @@ def _separation(a: _Spec, b: _Spec, n: int, seed: int) -> dict[str, Any] | None:
     rng = np.random.default_rng(int(_generator(seed, a.name, b.name, "separation").initial_seed()))
     observed, expected, draws = 0, 0.0, np.zeros(n, dtype=np.int64)
     for p in common:
-        ua, ub = _units(a.masks[p], a.layouts[p]), _units(b.masks[p], b.layouts[p])
+        ua, ub = a.layouts[p].units(a.masks[p]), b.layouts[p].units(b.masks[p])
         if ua.numel() != ub.numel():
             return None  # different unit layouts: no common unit to count
         total, ka, kb = ua.numel(), int(ua.sum()), int(ub.sum())

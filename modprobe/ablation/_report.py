@@ -12,7 +12,7 @@ class AblationReport(Report):
     """Ablation results as plain JSON values.
 
     ``rows``: one measurement per row (``model, subnetwork, eval_task, condition, metric,
-    chance, value, ci_low, ci_high, n_examples, n_controls, p_value, p_holm, effect, effect_z``).
+    chance, value, ci_low, ci_high, n_examples, n_controls, p_value, p_adjusted, effect, effect_z``).
     Conditions:
     ``full`` (subnetwork None), ``keep_only`` (the sufficient subnetwork alone), ``ablate`` (the
     necessary set removed, or the subnetwork when no necessity search ran), ``ablate_sufficient``
@@ -33,20 +33,22 @@ class AblationReport(Report):
     controls: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
-    def combine(self, *others: "AblationReport") -> "AblationReport":
-        """One report holding this one's results and ``others``' (e.g. a random-init twin run
-        with ``label="random_init"``); labels must differ."""
-        reports = [self, *others]
+    @classmethod
+    def concat(cls, reports: Sequence["AblationReport"]) -> "AblationReport":
+        """One report holding the results of several (e.g. a model's and its random-init twin's,
+        run with ``label="random_init"``); labels must differ."""
+        reports = list(reports)
         labels = [label for r in reports for label in r.config]
         if len(labels) != len(set(labels)):
-            raise ValueError(f"cannot combine reports with repeated model labels {labels}; "
+            raise ValueError(f"cannot concatenate reports with repeated model labels {labels}; "
                              "run each model with its own label=")
         merged = {name: [item for r in reports for item in getattr(r, name)]
                   for name in ("rows", "isolation", "overlap", "controls")}
-        return AblationReport(**merged, config={k: v for r in reports for k, v in r.config.items()})
+        return cls(**merged, config={k: v for r in reports for k, v in r.config.items()})
 
-    def verdict(self, subnetwork: str, model: str | None = None) -> dict[str, Any]:
-        """The isolation entry of ``subnetwork`` (for ``model`` when several are combined)."""
+    def isolation_of(self, subnetwork: str, model: str | None = None) -> dict[str, Any]:
+        """The isolation entry of ``subnetwork`` (for ``model`` when several are concatenated),
+        with its ``verdict``."""
         hits = [v for v in self.isolation if v["subnetwork"] == subnetwork
                 and (model is None or v["model"] == model)]
         if len(hits) != 1:
@@ -85,7 +87,7 @@ def _pivot(rows: Sequence[dict[str, Any]], with_model: bool) -> list[dict[str, A
             line["ablate 95% CI"] = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]" \
                 if r["ci_low"] is not None else None
         elif r["condition"] == "random_ablate":
-            line.update({"random": r["value"], "p": r["p_value"], "p_holm": r["p_holm"],
+            line.update({"random": r["value"], "p": r["p_value"], "p_adjusted": r["p_adjusted"],
                          "effect": r["effect"]})
         elif r["condition"] == "ablate_sufficient":
             line["ablate S1"] = r["value"]
@@ -94,6 +96,6 @@ def _pivot(rows: Sequence[dict[str, Any]], with_model: bool) -> list[dict[str, A
         else:
             line[r["condition"]] = r["value"]
     order = ["subnet", "task", "metric", "chance", "full", "keep_only", "ablate S1", "ablate",
-             "ablate 95% CI", "random", "complement", "p", "p_holm", "effect"]
+             "ablate 95% CI", "random", "complement", "p", "p_adjusted", "effect"]
     order = ["model", *order] if with_model else order
     return [{k: line.get(k) for k in order} for line in lines.values()]

@@ -15,7 +15,7 @@ from ._evaluate import _Evaluator, _MeanAblation
 from ._masks import _no_complement, _controls, _generator, _overlap, _separation, _Spec, _specs
 from ._report import AblationReport
 from .._stats import adjust_pvalues
-from .._validate import Bool, Int, OneOf, Real, Text, check
+from .._validate import Bool, Instance, Int, OneOf, Real, Text, check, configured
 from ._stats import _bootstrap_ci, _effect, _empirical_p, _interval
 from ._verdict import VerdictRules, judge
 
@@ -25,25 +25,37 @@ CONTROLS = ("random_ablate", "complement_sampled")
 
 @dataclass(frozen=True)
 class AblationConfig:
-    """Settings of one ablation study (see :func:`run`)."""
+    """Settings of one ablation study (see :func:`run`).
 
-    n_random: int = 50
+    ``n_random``: size-matched random controls per subnetwork and kind (with 2 subnetworks x
+    2 tasks at least 80 are needed before Holm-corrected empirical p-values can fall below
+    0.05). ``strategy``: what removed weights become, ``"zero"``, ``"random"`` (the weights of
+    ``reinitialize(model, seed)``) or ``"mean"`` (a neuron's mean activation). ``complement``:
+    also draw controls from outside the ablated set only. ``n_bootstrap``: bootstrap resamples of
+    the CIs (0 skips them). ``alpha``: the significance level of the verdicts, whose other
+    thresholds are ``rules``. ``label`` names the model in the rows. ``batch_size``,
+    ``vectorize`` and ``mask_chunk`` change speed and memory, never the numbers.
+    """
+
+    n_random: int = 100
     seed: int = 0
     strategy: str = "zero"
     complement: bool = True
-    n_boot: int = 1000
+    n_bootstrap: int = 1000
     alpha: float = 0.05
     label: str = "model"
     batch_size: int | None = None
     vectorize: bool | None = None
     mask_chunk: int = 8
+    rules: VerdictRules = VerdictRules()
 
     def __post_init__(self) -> None:
         check(self, {"n_random": Int(1), "seed": Int(0), "strategy": OneOf(STRATEGIES),
-                     "complement": Bool(), "n_boot": Int(0), "alpha": Real(0, 1, True, True),
+                     "complement": Bool(), "n_bootstrap": Int(0), "alpha": Real(0, 1, True, True),
                      "label": Text(), "batch_size": Int(1, none=True),
-                     "vectorize": Bool(none=True), "mask_chunk": Int(1)},
-              {"n_random": "random controls give the p-values", "n_boot": "0 skips the CIs"})
+                     "vectorize": Bool(none=True), "mask_chunk": Int(1),
+                     "rules": Instance(VerdictRules)},
+              {"n_random": "random controls give the p-values", "n_bootstrap": "0 skips the CIs"})
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -51,15 +63,14 @@ class AblationConfig:
 
 
 def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any],
-        n_random: int = 50, seed: int = 0, strategy: str = "zero", *,
-        complement: bool = True, n_boot: int = 1000, alpha: float = 0.05,
-        targets: Mapping[str, str] | None = None, reference: Any = None, label: str = "model",
-        batch_size: int | None = None, vectorize: bool | None = None, mask_chunk: int = 8,
-        rules: VerdictRules | None = None, progress: bool = True) -> AblationReport:
+        config: AblationConfig | None = None, *, targets: Mapping[str, str] | None = None,
+        reference: Any = None, progress: bool = True, **options: Any) -> AblationReport:
     """Ablate each subnetwork, keep only it, and compare with size-matched random ablations.
 
     ``subnetworks``: ``{name: Subnetwork}`` (anything with ``.masks``) or ``{name: {param: bool
-    mask}}`` (True = kept). ``eval_data``: ``{task: Subroutine or data}``. A subnetwork is judged
+    mask}}`` (True = kept). ``eval_data``: ``{task: Subroutine or data}``. ``config``: an
+    :class:`AblationConfig`; ``options`` set its fields instead (``run(..., n_random=50)``) or
+    override the given config's. A subnetwork is judged
     against the task of the same name (or ``targets[name]``). For every subnetwork and task:
     the full model, ``ablate`` (its necessary set removed when the search peeled one, see
     ``MaskConfig.necessity``, else its kept weights), ``ablate_sufficient`` (only the sufficient
@@ -69,14 +80,13 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
     and as many ``complement_sampled`` controls drawn only from outside the ablated set. Each
     subnetwork gets a verdict (``isolated``, ``shared``, ``redundant``, ``not isolated``,
     ``not found``, ``cannot tell``, ``cannot judge``; see :mod:`modprobe.ablation._verdict`)
-    under fixed ``rules``. ``strategy``: removed weights become ``"zero"``,
-    ``"random"`` (the weights of ``reinitialize(model, seed)``) or, for neuron masks, ``"mean"``
-    (the unit's mean activation over ``reference``, default all eval data). The model is never
-    modified; a fixed ``seed`` gives an identical report. ``label`` names the model in the rows
-    (combine a random-init twin's report with :meth:`AblationReport.combine`).
+    under the config's ``rules``. With ``strategy="mean"`` a removed unit outputs its mean
+    activation over ``reference`` (default all eval data). The model is never modified; a fixed
+    ``seed`` gives an identical report. ``label`` names the model in the rows (concatenate a
+    random-init twin's report with :meth:`AblationReport.concat`).
     """
-    cfg = AblationConfig(n_random, seed, strategy, complement, n_boot, alpha, label,
-                         batch_size, vectorize, mask_chunk)
+    cfg = configured(AblationConfig, config, options, "run()")
+    n_random, seed, strategy, label = cfg.n_random, cfg.seed, cfg.strategy, cfg.label
     hm = wrap(model)
     tasks = _tasks(eval_data)
     for name, sub in tasks.items():
@@ -94,7 +104,7 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
             fresh = reinitialize(hm, seed).params(params)
             replacement = {p: w.to(hm.device) for p, w in fresh.items()}
         ev = _Evaluator(hm, tasks, params, strategy, replacement=replacement, means=means,
-                        batch_size=batch_size, vectorize=vectorize, chunk=mask_chunk)
+                        batch_size=cfg.batch_size, vectorize=cfg.vectorize, chunk=cfg.mask_chunk)
         if means is not None:
             ref = ([x for t in ev.tasks.values() for x, _ in t.batches] if reference is None
                    else [move_to(x, hm.device) for x, _ in as_subroutine(reference).batches()])
@@ -102,8 +112,7 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
         rows, controls = _measure(ev, specs, cfg, progress)
     _adjust(rows, cfg)
     chance = {name: sub.chance_level() for name, sub in tasks.items()}
-    return AblationReport(rows=rows, isolation=_isolation(rows, specs, goals, chance, cfg,
-                                                          rules or VerdictRules()),
+    return AblationReport(rows=rows, isolation=_isolation(rows, specs, goals, chance, cfg),
                           overlap=_overlap(specs, label), controls=controls,
                           config={label: asdict(cfg)})
 
@@ -195,7 +204,7 @@ def _row(ev: _Evaluator, cfg: AblationConfig, subnetwork: str | None, task: str,
     row = dict(model=cfg.label, subnetwork=subnetwork, eval_task=task, condition=condition,
                metric=t.sub.metric_name, chance=t.sub.chance_level(), value=None, ci_low=None,
                ci_high=None, n_examples=len(t.targets), n_controls=None, p_value=None,
-               p_holm=None, effect=None, effect_z=None)
+               p_adjusted=None, effect=None, effect_z=None)
     row.update(values)
     return row
 
@@ -207,10 +216,10 @@ def _scored_row(ev: _Evaluator, cfg: AblationConfig, subnetwork: str | None, tas
     t = ev.tasks[task]
     readouts = ev.readouts(task, removed)
     low = high = None
-    if cfg.n_boot:
+    if cfg.n_bootstrap:
         gen = _generator(cfg.seed, "bootstrap", task)
         low, high = _bootstrap_ci(lambda idx: t.score(readouts, idx), len(t.targets),
-                                  cfg.n_boot, gen)
+                                  cfg.n_bootstrap, gen)
     return _row(ev, cfg, subnetwork, task, condition, value=t.score(readouts),
                 ci_low=low, ci_high=high)
 
@@ -229,12 +238,12 @@ def _adjust(rows: list[dict[str, Any]], cfg: AblationConfig) -> None:
     for kind in cfg.kinds:
         family = [r for r in rows if r["condition"] == kind]
         for r, p in zip(family, adjust_pvalues([r["p_value"] for r in family], "holm")):
-            r["p_holm"] = p
+            r["p_adjusted"] = p
 
 
 def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
                goals: Mapping[str, str | None], chance: Mapping[str, float],
-               cfg: AblationConfig, rules: VerdictRules) -> list[dict[str, Any]]:
+               cfg: AblationConfig) -> list[dict[str, Any]]:
     """Per subnetwork S of subroutine A: the verdict of :func:`._verdict.judge` with its evidence,
     and Break It Down's subnetwork and ablation scores against each other task."""
     get = {(r["subnetwork"], r["eval_task"], r["condition"]): r for r in rows}
@@ -245,7 +254,7 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
         entry: dict[str, Any] = dict(model=cfg.label, subnetwork=name, target_task=target,
                                      chance_target=chance.get(target), verdict=None,
                                      isolated=None, reason="", p_target=None,
-                                     p_target_holm=None, effect_target=None,
+                                     p_target_adjusted=None, effect_target=None,
                                      effect_z_target=None, others=[],
                                      necessity=_necessity_summary(spec))
         if target is None:
@@ -254,7 +263,7 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
             out.append(entry)
             continue
         tr = get[(name, target, "random_ablate")]
-        entry.update(p_target=tr["p_value"], p_target_holm=tr["p_holm"], effect_target=tr["effect"],
+        entry.update(p_target=tr["p_value"], p_target_adjusted=tr["p_adjusted"], effect_target=tr["effect"],
                      effect_z_target=tr["effect_z"])
 
         def value(cond: str, task: str) -> float:
@@ -267,7 +276,7 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
             r = get[(name, other, "random_ablate")]
             rival = next((n for n, g in goals.items() if g == other), None)
             entry["others"].append(dict(
-                task=other, p_value=r["p_value"], p_holm=r["p_holm"], effect=r["effect"],
+                task=other, p_value=r["p_value"], p_adjusted=r["p_adjusted"], effect=r["effect"],
                 hurt=r["p_value"] < cfg.alpha,
                 subnetwork_score=score("keep_only", target) - score("keep_only", other),
                 ablation_score=score("ablate", target) - score("ablate", other),
@@ -279,7 +288,7 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
         else:
             entry["verdict"], entry["reason"] = judge(
                 name, target, value, dict(chance), tr, entry["others"], spec.necessity or {},
-                rules, cfg.alpha)
+                cfg.rules, cfg.alpha)
             entry["isolated"] = entry["verdict"] == "isolated"
         out.append(entry)
     return out

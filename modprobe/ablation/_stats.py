@@ -10,11 +10,11 @@ import torch
 _TIE = 1e-9  # control scores within this of the targeted score count as "hurt as much"
 
 
-def _bootstrap_ci(score: Callable[[torch.Tensor], float], n: int, n_boot: int,
+def _bootstrap_ci(score: Callable[[torch.Tensor], float], n: int, n_bootstrap: int,
                   gen: torch.Generator, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of ``score(indices)`` over ``n`` examples resampled with
     replacement. Pass identically seeded generators to get paired resamples across conditions."""
-    values = [score(torch.randint(n, (n,), generator=gen)) for _ in range(n_boot)]
+    values = [score(torch.randint(n, (n,), generator=gen)) for _ in range(n_bootstrap)]
     return _interval(values, level)
 
 

@@ -96,11 +96,11 @@ def judge(name: str, target: str, value: Callable[[str, str], float],
             "set was not reached")
     peeled = (f"necessary set of {len(rounds)} peeled subnetwork{'s' if len(rounds) != 1 else ''}"
               if rounds else "sufficient subnetwork (necessity not searched)")
-    hits = target_row["p_holm"] < alpha
+    hits = target_row["p_adjusted"] < alpha
     broken = value("ablate", target) <= chance[target] + 0.5 * (full - chance[target])
     evidence = (f"ablating its {peeled} takes {target} from {full:.3f} to "
                 f"{value('ablate', target):.3f} (random controls {target_row['value']:.3f}, "
-                f"p_holm = {target_row['p_holm']:.3f})")
+                f"p_adjusted = {target_row['p_adjusted']:.3f})")
     hurt = [o for o in others if o["p_value"] < alpha
             or value("full", o["task"]) - value("ablate", o["task"]) > rules.max_other_drop]
     if hurt and (hits or broken):

@@ -2,9 +2,10 @@
 
 ``decodability(model, inputs, {name: labels})`` -> :class:`ProbeReport`.
 """
-from .decodability import ProbeConfig, decodability
+from .activations import POOLINGS
+from .decodability import MEASURES, ProbeConfig, decodability
 from .erasure import Erasure, ErasureReport, erase, erased, erasure_effects
 from .report import ProbeReport
 
-__all__ = ["Erasure", "ErasureReport", "ProbeConfig", "ProbeReport", "decodability", "erase",
+__all__ = ["MEASURES", "POOLINGS", "Erasure", "ErasureReport", "ProbeConfig", "ProbeReport", "decodability", "erase",
            "erased", "erasure_effects"]

@@ -29,7 +29,8 @@ from .linear import ENGINES, fit_predict, free_cores
 from .mdl import online_code, transmission_order
 from .report import ProbeReport
 from .._stats import CORRECTIONS, adjust_pvalues
-from .._validate import Bool, Device, Int, OneOf, Real, Strings, as_tuple, check
+from .._validate import (Bool, Device, Int, OneOf, Real, Strings, as_tuple, check,
+                         configured)
 from .stats import bootstrap_ci, permutation_pvalue, score
 
 
@@ -111,10 +112,9 @@ class _Constituent:
 
 
 def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None = None,
-                 hooks: Sequence[str] | None = None, pooling: str = "mean", cv: int = 5,
-                 control: bool = True, seed: int = 0, engine: str = "torch", groups: Any = None,
-                 heldout: Any = None, *, condition: str = "model", progress: bool = True,
-                 **options: Any) -> ProbeReport:
+                 config: ProbeConfig | None = None, *, hooks: Sequence[str] | None = None,
+                 groups: Any = None, heldout: Any = None, label: str = "model",
+                 progress: bool = True, **options: Any) -> ProbeReport:
     """Linear decodability of every constituent at every hook point, with controls.
 
     ``model``: a HookedModel or anything ``modprobe.wrap`` accepts. ``inputs``: a tensor, a dict
@@ -132,11 +132,12 @@ def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None
     per combination would score *below* chance (a held-out combination's random label is
     under-represented in its training folds), inflating selectivity.
     ``hooks``: hook names (default: every block's output); the input baseline row is added
-    unless ``input_baseline=False``. ``condition`` labels the rows, so that reports of a
-    pretrained and a random-init model concatenate. ``options``: the other fields of
-    :class:`ProbeConfig`.
+    unless ``input_baseline=False``. ``label`` names the model in the rows (column ``model``), so that reports of a
+    pretrained and a random-init model concatenate. ``config``: a :class:`ProbeConfig`;
+    ``options`` set its fields instead (``decodability(..., cv=3)``) or override the given
+    config's.
     """
-    config = _config(pooling=pooling, cv=cv, control=control, seed=seed, engine=engine, **options)
+    config = configured(ProbeConfig, config, options, "decodability()")
     hm = wrap(model)
     data = _data(hm, inputs, constituents, groups)
     held = _heldout_data(hm, heldout)
@@ -148,7 +149,7 @@ def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(4)]
     splits = nested_splits(sets[0].unit, _strata(parts, sets[0]), config.cv, config.inner_cv,
                            rngs[0], "groups" if data.groups is not None else "examples")
-    run = _Run(config, hooks, sets, splits, rngs, condition, progress)
+    run = _Run(config, hooks, sets, splits, rngs, label, progress)
     rows = [row for discrete in (True, False)
             for row in run.probe([c for c in parts if (c.n_classes is not None) == discrete])]
     order = {(h, c.name): i for i, (h, c) in enumerate((h, c) for h in hooks for c in parts)}
@@ -161,16 +162,16 @@ def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None
                    n_rows=sets[0].n, n_heldout_rows=sets[1].n if held is not None else None,
                    constituents={c.name: "accuracy" if c.n_classes else "r2" for c in parts},
                    groups=data.groups is not None)
-    return ProbeReport(rows, {condition: summary})
+    return ProbeReport(rows, {label: summary})
 
 
 class _Run:
     """One decodability run: probes every constituent of one kind at every hook."""
 
     def __init__(self, config: ProbeConfig, hooks: list[str], sets: list["_RowSet"],
-                 splits: Splits, rngs: list[np.random.Generator], condition: str,
+                 splits: Splits, rngs: list[np.random.Generator], label: str,
                  progress: bool):
-        self.config, self.hooks, self.splits, self.condition = config, hooks, splits, condition
+        self.config, self.hooks, self.splits, self.label = config, hooks, splits, label
         self.rows, self.held = sets[0], (sets[1] if len(sets) > 1 else None)
         self.features = [torch.cat([s.features[h] for s in sets]) for h in hooks]
         self.heldout_split = None
@@ -209,7 +210,7 @@ class _Run:
         out = []
         for h, hook in enumerate(self.hooks):
             for i, c in enumerate(kind):
-                row = dict(condition=self.condition, hook=hook, constituent=c.name,
+                row = dict(model=self.label, hook=hook, constituent=c.name,
                            metric="accuracy" if discrete else "r2", n=rows.n)
                 row.update(self.scorer.cv(result.oof[h][i], real[i], discrete,
                                           result.oof[h][len(kind) + i] if controls else None,
@@ -239,15 +240,6 @@ def _mdl_columns(code, h: int, i: int, control: int | None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------- inputs and labels
-def _config(**kwargs: Any) -> ProbeConfig:
-    names = {f.name for f in dataclasses.fields(ProbeConfig)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown}; decodability() takes the fields of "
-                        f"ProbeConfig: {sorted(names)}")
-    return ProbeConfig(**kwargs)
-
-
 def _data(hm: HookedModel, inputs: Any, labels: Any, groups: Any) -> _Data:
     if labels is None:
         if not (hasattr(inputs, "inputs") and hasattr(inputs, "labels")):

@@ -120,7 +120,7 @@ class ErasureReport(Report):
     ``n_random`` random-direction erasures of the same rank, ``effect = random_mean - erased``
     (positive: erasing the constituent hurts beyond random directions) with ``ci_low`` /
     ``ci_high`` (paired bootstrap over examples), ``p_value`` (one-sided t prediction test against
-    the controls), ``p_holm``, ``p_empirical``, ``used`` (p_holm < 0.05 and ci_low > 0), ``n_examples``.
+    the controls), ``p_adjusted``, ``p_empirical``, ``used`` (p_adjusted < 0.05 and ci_low > 0), ``n_examples``.
     """
 
     rows: list[dict[str, Any]]
@@ -168,7 +168,7 @@ def erasure_effects(model: Any, subroutines: Mapping[str, Any], constituents: An
                     rows.append(_row(name, hook, constituent, erasure.rank, task, full[name],
                                      out, rand, boot[name], level))
     for row, p in zip(rows, adjust_pvalues([r["p_value"] for r in rows], "holm")):
-        row["p_holm"] = p
+        row["p_adjusted"] = p
         row["used"] = bool(p < 0.05 and row["ci_low"] is not None and row["ci_low"] > 0)
     config = dict(hooks=hooks, n_random=n_random, n_bootstrap=n_bootstrap, pooling=pooling,
                   seed=seed, level=level, method="leace")

@@ -1,4 +1,4 @@
-"""ProbeReport: one tidy row per condition x hook x constituent, and the summaries drawn from it."""
+"""ProbeReport: one tidy row per model x hook x constituent, and the summaries drawn from it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from .._results import Report, format_table
 from .activations import INPUT
 
-_TABLE = ("condition", "hook", "constituent", "metric", "accuracy", "ci_low", "ci_high",
+_TABLE = ("model", "hook", "constituent", "metric", "accuracy", "ci_low", "ci_high",
           "control_accuracy", "selectivity", "compression", "control_compression", "baseline",
           "p_adjusted", "heldout_accuracy")
 
@@ -16,7 +16,7 @@ _TABLE = ("condition", "hook", "constituent", "metric", "accuracy", "ci_low", "c
 class ProbeReport(Report):
     """Decodability of constituents per hook point.
 
-    Row keys: ``condition`` (which model, e.g. "pretrained" or "random-init"), ``hook`` (``"input"``
+    Row keys: ``model`` (its label, e.g. "pretrained" or "random_init"), ``hook`` (``"input"``
     is the input baseline), ``constituent``, ``metric`` ("accuracy", or "r2" for continuous
     constituents: the ``accuracy`` columns then hold R^2), ``n``, ``accuracy`` with ``ci_low`` /
     ``ci_high``, ``control_accuracy`` and ``selectivity = accuracy - control_accuracy`` (None
@@ -26,68 +26,68 @@ class ProbeReport(Report):
     ``measure="mdl"``: ``codelength`` (online code, bits), ``uniform_codelength``,
     ``compression`` (their ratio, uniform / online) and ``control_compression`` (None for
     continuous constituents).
-    ``configs`` holds each condition's settings. Reports of several conditions concatenate.
+    ``configs`` holds each model's settings. Reports of several models concatenate.
     """
 
     rows: list[dict[str, Any]]
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
-    def conditions(self) -> list[str]:
-        return list(dict.fromkeys(r["condition"] for r in self.rows))
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(r["model"] for r in self.rows))
 
-    def best_layers(self, condition: str | None = None) -> dict[str, str]:
+    def best_layers(self, model: str | None = None) -> dict[str, str]:
         """``{constituent: hook}`` where the constituent is most selectively decodable."""
-        return {c: r["hook"] for c, r in self._best(condition).items()}
+        return {c: r["hook"] for c, r in self._best(model).items()}
 
-    def decodability_of(self, condition: str) -> float:
+    def decodability_of(self, model: str) -> float:
         """Mean over constituents of the best hook's selectivity (accuracy above the majority
         baseline when there is no control task); the input baseline is not a candidate."""
-        best = self._best(condition)
+        best = self._best(model)
         return sum(_effect(r) for r in best.values()) / len(best)
 
     @property
     def decodability(self) -> float:
-        """``decodability_of`` the report's only condition."""
-        if len(self.conditions) != 1:
-            raise ValueError(f"this report holds conditions {self.conditions}: call "
-                             "report.decodability_of(condition)")
-        return self.decodability_of(self.conditions[0])
+        """``decodability_of`` the report's only model."""
+        if len(self.models) != 1:
+            raise ValueError(f"this report holds models {self.models}: call "
+                             "report.decodability_of(model)")
+        return self.decodability_of(self.models[0])
 
     @classmethod
     def concat(cls, reports: Sequence["ProbeReport"]) -> "ProbeReport":
-        """One report of several conditions (e.g. a pretrained model and its random-init twin)."""
+        """One report of several models (e.g. a pretrained model and its random-init twin)."""
         configs: dict[str, dict[str, Any]] = {}
         for report in reports:
             for name, config in report.configs.items():
                 if name in configs:
-                    raise ValueError(f"condition {name!r} occurs in two reports; pass distinct "
-                                     "condition= names to decodability()")
+                    raise ValueError(f"model {name!r} occurs in two reports; pass distinct "
+                                     "label= names to decodability()")
                 configs[name] = config
         return cls([dict(r) for report in reports for r in report.rows], configs)
 
     def table(self, columns: Sequence[str] | None = None, max_rows: int = 40) -> str:
         if columns is None:
             columns = [c for c in _TABLE if any(r.get(c) is not None for r in self.rows)]
-            if len(self.conditions) == 1:
-                columns.remove("condition")
+            if len(self.models) == 1:
+                columns.remove("model")
         return format_table(self.rows, columns, max_rows)
 
-    def _best(self, condition: str | None) -> dict[str, dict[str, Any]]:
-        if condition is None:
-            if len(self.conditions) != 1:
-                raise ValueError(f"this report holds conditions {self.conditions}; name one")
-            condition = self.conditions[0]
+    def _best(self, model: str | None) -> dict[str, dict[str, Any]]:
+        if model is None:
+            if len(self.models) != 1:
+                raise ValueError(f"this report holds models {self.models}; name one")
+            model = self.models[0]
         best: dict[str, dict[str, Any]] = {}
         for row in self.rows:
-            if row["condition"] != condition or row["hook"] == INPUT:
+            if row["model"] != model or row["hook"] == INPUT:
                 continue
             current = best.get(row["constituent"])
             if current is None or _effect(row) > _effect(current):
                 best[row["constituent"]] = row
         if not best:
-            raise ValueError(f"no probed hook point for condition {condition!r} "
-                             f"(conditions: {self.conditions})")
+            raise ValueError(f"no probed hook point for model {model!r} "
+                             f"(models: {self.models})")
         return best
 
 

@@ -1,21 +1,18 @@
 """How a subnetwork is searched for: method, granularity, which tensors, and the schedule."""
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .._validate import Bool, Device, Int, OneOf, Real, Strings, as_tuple, check
+from . import methods
+from .layout import GRANULARITIES
 
-METHODS = ("continuous", "hard_concrete", "magnitude")
 NECESSITY = ("peel", "none")
-# β_max · (init + margin) at least this: the rescale 1/sigmoid(β·c) is below 1.001 by the end.
-_FADED = 6.91
-GRANULARITIES = ("weight", "neuron", "head")
-_DEFAULT_LR = {"continuous": 0.01, "hard_concrete": 0.05}
-# Hard-concrete gates start mostly open (log α = 2: P(gate > 0) = 0.97); on the planted MLP of
-# the tests log α = 0 kept 14% at accuracy 0.91 within 20 epochs, log α = 2 kept 12% at 0.97.
-_DEFAULT_INIT = {"continuous": 0.0, "hard_concrete": 2.0}
+# Share of a subroutine's data held out to choose among grid settings when no validation data is
+# given (the analysis holds out the same share by default).
+HOLDOUT = 0.2
 _CONSTRAINTS = {
     "params": Strings(none=True), "l0_lambda": Real(0, grid=True), "init": Real(grid=True),
     "margin": Real(), "beta_max": Real(1), "epochs": Int(1), "lr": Real(0, low_open=True),
@@ -31,8 +28,9 @@ class MaskConfig:
     """Settings of one mask search (scikit-learn style: plain values, validated on creation).
 
     ``method``: ``"continuous"`` (continuous sparsification, Savarese et al. 2020),
-    ``"hard_concrete"`` (Louizos et al. 2018 L0 gates) or ``"magnitude"`` (keep the top
-    ``density`` fraction of ``|W|`` per tensor; no training, a baseline).
+    ``"hard_concrete"`` (Louizos et al. 2018 L0 gates), ``"magnitude"`` (keep the top
+    ``density`` fraction of ``|W|`` per tensor; no training, a baseline) or any method
+    registered with :func:`modprobe.pruning.methods.register`.
     ``granularity``: one mask entry per ``"weight"``, per output ``"neuron"`` (a row of a Linear,
     a column of HF ``Conv1D``, a whole conv output channel) or per attention ``"head"``.
     ``params``: glob patterns over ``model.param_names()``; ``None`` masks every weight matrix and
@@ -47,11 +45,9 @@ class MaskConfig:
     ``min(1, sigmoid(β·s) / sigmoid(β·c))`` with ``c = s0 + margin·(1 - 1/β)``. At the first
     epoch (β = 1) c = s0, so training starts from exactly the unmasked function; a kept weight
     is never amplified; and c rises to about ``s0 + margin``, so a kept logit rests that far
-    above the threshold instead of hovering on it (at s0 = 0 without a margin, the kept entries
-    kept crossing it: 4-25% of them flipped per epoch on MiniLM). On the benchmark's MiniLM
-    task at λ = 300, s0 = 0 kept 0.02% of the weights at validation accuracy 1.000 in 20
-    epochs; s0 = 0.1 kept 1.2% at 0.953 in 30 (a logit must first fall through s0 before it
-    can be pruned, and Adam's normalised steps on noisy gradients take long to get there).
+    above the threshold instead of hovering on it. Starting undecided matters because a logit
+    must first fall through s0 before it can be pruned (what these choices measured on MiniLM:
+    ``docs/results.md``, "Subnetwork search").
     A tuple for ``l0_lambda``, ``init`` or ``density`` is a grid: every setting is trained and
     the sparsest mask whose metric on held-out data is within ``tolerance`` of the full model's
     wins (held-out data: ``validation=``, else 20% of the training data set aside).
@@ -95,33 +91,26 @@ class MaskConfig:
 
     def __post_init__(self) -> None:
         as_tuple(self, "params", "l0_lambda", "init", "density")
-        check(self, {"method": OneOf(METHODS), "granularity": OneOf(GRANULARITIES),
+        check(self, {"method": OneOf(methods.names()), "granularity": OneOf(GRANULARITIES),
                      "necessity": OneOf(NECESSITY)})
+        method = methods.get(self.method)
         if self.lr is None:
-            object.__setattr__(self, "lr", _DEFAULT_LR.get(self.method, 0.01))
+            object.__setattr__(self, "lr", method.lr)
         if self.init is None:
-            object.__setattr__(self, "init", _DEFAULT_INIT.get(self.method, 0.0))
+            object.__setattr__(self, "init", method.init)
         check(self, _CONSTRAINTS, {"l0_lambda": "e.g. 100 or the grid (1, 10, 100, 1000)",
                                    "epochs": "a whole number of epochs, e.g. 20"})
-        if self.method == "continuous":
-            self._check_rescale()
+        method.check(self)
 
-    def _check_rescale(self) -> None:
-        if any(s0 < 0 for s0 in self.grid("init")) or self.margin < 0:
-            raise ValueError(
-                f"init and margin must be >= 0 for method='continuous', got init={self.init}, "
-                f"margin={self.margin}: a gate is fully open from s0 + margin*(1 - 1/beta) up, "
-                "and that level must not lie below the keep threshold s = 0 (try init=0)")
-        low = [s0 for s0 in self.grid("init") if (s0 + self.margin) * self.beta_max < _FADED]
-        if low:
-            c = low[0] + self.margin
-            raise ValueError(
-                f"init={low[0]} with margin={self.margin} is too small for beta_max="
-                f"{self.beta_max}: the rescale 1/sigmoid(beta*(init + margin)) would still be "
-                f"{1 + math.exp(-c * self.beta_max):.3f} at the end of training, so kept logits "
-                "would sit on the keep threshold and the trained soft mask would not match the "
-                f"final hard mask; use init + margin >= {_FADED / self.beta_max:.3g} or a larger "
-                "beta_max")
+    def replace(self, **changes: Any) -> "MaskConfig":
+        """A copy with ``changes``; a new ``method`` brings its own ``lr`` and ``init`` defaults
+        unless ``changes`` set them or this config had set them away from its method's."""
+        old = methods.get(self.method)
+        if changes.get("method", self.method) != self.method:
+            for name in ("lr", "init"):
+                if name not in changes and getattr(self, name) == getattr(old, name):
+                    changes[name] = None
+        return dataclasses.replace(self, **changes)
 
     def grid(self, name: str) -> tuple[float, ...]:
         """The values of ``l0_lambda``, ``init`` or ``density`` as a tuple (one value or a grid)."""

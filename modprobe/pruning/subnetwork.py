@@ -10,9 +10,10 @@ import torch
 from .._io import atomic_write, write_json
 from .._validate import device_problem, read_json, read_tensors
 from .config import MaskConfig
+from .layout import Slot
 
-_FORMAT = 2
-_READABLE = (1, 2)  # format 1: no necessity fields
+_FORMAT = 3
+_READABLE = (1, 2, 3)  # format 1: no necessity fields; 1 and 2: no unit layout
 _TENSORS, _META = "masks.safetensors", "subnetwork.json"
 _REQUIRED = ("name", "config", "metrics", "history", "notes", "selection", "order", "has_units")
 
@@ -32,6 +33,8 @@ class Subnetwork:
     ``None`` when only the sufficient subnetwork was searched. ``necessity``: how the peeling
     went (``rounds``, ``broken``: whether the remainder stopped performing the subroutine,
     ``level``: the metric it had to fall to, ``data``: what it was scored on).
+    ``layout``: ``{parameter name: Slot}``, the unit axis and block of every masked tensor
+    (see :mod:`modprobe.pruning.layout`); ``None`` for masks saved before it was recorded.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Subnetwork:
     necessary: dict[str, torch.Tensor] | None = None
     necessary_units: dict[str, torch.Tensor] | None = None
     necessity: dict = field(default_factory=dict)
+    layout: dict[str, Slot] | None = None
 
     @property
     def density(self) -> float:
@@ -89,7 +93,9 @@ class Subnetwork:
             "selection": self.selection, "order": list(self.masks),
             "has_units": self.units is not None, "has_necessary": self.necessary is not None,
             "has_necessary_units": self.necessary_units is not None,
-            "necessity": self.necessity})
+            "necessity": self.necessity,
+            "layout": None if self.layout is None else {n: s.to_dict()
+                                                        for n, s in self.layout.items()}})
         return directory
 
     @classmethod
@@ -136,7 +142,14 @@ class Subnetwork:
         def group(prefix: str, present: bool) -> dict[str, torch.Tensor] | None:
             return {n: tensors[f"{prefix}/{n}"] for n in order} if present else None
 
-        return cls(name=meta["name"], masks=group("mask", True), config=config,
+        masks = group("mask", True)
+        try:
+            layout = None if meta.get("layout") is None else {
+                n: Slot(n, tuple(masks[n].shape), meta["layout"][n]["axis"],
+                        meta["layout"][n]["block"]) for n in order}
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{path} holds an incomplete unit layout ({err}); save again") from None
+        return cls(name=meta["name"], masks=masks, config=config, layout=layout,
                    metrics=meta["metrics"], history=meta["history"],
                    units=group("unit", meta["has_units"]), notes=meta["notes"],
                    selection=meta["selection"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 from typing import Any, Mapping
 
@@ -17,9 +18,10 @@ from tqdm.auto import tqdm
 
 from ..models import HookedModel, wrap
 from ..subroutine import Subroutine, as_subroutine, check_output, evaluate, move_to
-from .config import MaskConfig
-from .masks import (MaskSet, expand_units, layout, magnitude_units, per_slot, scaled_weights,
-                    select_params, split_units)
+from .config import HOLDOUT as _HOLDOUT, MaskConfig
+from . import methods
+from .layout import expand_units, per_slot, scaled_weights, slots as unit_slots, split_units
+from .masks import MaskSet, select_params
 from .necessity import peel
 from .subnetwork import Subnetwork
 
@@ -28,8 +30,6 @@ from .subnetwork import Subnetwork
 # fraction of the entries it keeps: a few logits sitting on the threshold keep flipping long
 # after the subnetwork has settled, on small MLPs and on 10 M-entry transformers alike.
 _STABLE_FRACTION = 0.01
-# Share of a subroutine's data held out to choose among grid settings when none is given.
-_HOLDOUT = 0.2
 
 
 def train_subnetwork(model: Any, data: Any, config: MaskConfig | None = None, *,
@@ -77,10 +77,9 @@ def train_subnetworks(model: Any, subroutines: Mapping[str, Any], config: MaskCo
 
 # --------------------------------------------------------------------- search over a grid
 def _grid(config: MaskConfig) -> list[dict[str, float]]:
-    if config.method == "magnitude":
-        return [{"density": d} for d in config.grid("density")]
-    return [{"l0_lambda": lam, "init": s0}
-            for lam in config.grid("l0_lambda") for s0 in config.grid("init")]
+    searched = methods.get(config.method).searched
+    return [dict(zip(searched, point))
+            for point in itertools.product(*(config.grid(name) for name in searched))]
 
 
 def _full_scores(hm: HookedModel, sub: Subroutine, val: Subroutine | None) -> dict[str, float]:
@@ -95,7 +94,8 @@ def _search(hm: HookedModel, name: str, sub: Subroutine, val: Subroutine | None,
             full: dict[str, float], config: MaskConfig, names: list[str], notes: list[str],
             progress: bool) -> Subnetwork:
     """Fit every grid point, keep the sparsest one faithful on validation data."""
-    slots = layout(hm, names, config.granularity)
+    slots = unit_slots(hm, names, config.granularity)
+    method = methods.get(config.method)
     weights = hm.params(names)
     metric = sub.metric_name
     grid = _grid(config)
@@ -103,8 +103,8 @@ def _search(hm: HookedModel, name: str, sub: Subroutine, val: Subroutine | None,
     for point in grid:
         label = name + ("" if len(grid) == 1 else " " + " ".join(f"{k}={v:g}" for k, v in point.items()))
         point_config = dataclasses.replace(config, **point)
-        if config.method == "magnitude":
-            units, history = magnitude_units(slots, weights, point["density"]), []
+        if not method.trained:
+            units, history = method.select(slots, weights, point_config), []
         else:
             units, history = _fit(hm, sub, slots, weights, point_config, label, progress)
         keep = scaled_weights(slots, weights, units)
@@ -123,9 +123,9 @@ def _search(hm: HookedModel, name: str, sub: Subroutine, val: Subroutine | None,
     per_unit = config.granularity != "weight"
     necessary = necessary_units = None
     necessity: dict = {}
-    if config.necessity == "peel" and config.method == "magnitude":
-        choice_notes.append("necessity='peel' needs a trained mask; magnitude masks are "
-                            "sufficiency-only (ablation removes the top-|w| set itself)")
+    if config.necessity == "peel" and not method.trained:
+        choice_notes.append(f"necessity='peel' needs a trained mask; {config.method} masks are "
+                            "sufficiency-only (ablation removes the selected set itself)")
     elif config.necessity == "peel":
         judge = val if val is not None else sub
         peeled = peel(hm, judge, slots, weights, units,
@@ -145,7 +145,8 @@ def _search(hm: HookedModel, name: str, sub: Subroutine, val: Subroutine | None,
                       metrics=metrics, history=history,
                       units=split_units(slots, units.cpu()) if per_unit else None,
                       notes=notes + choice_notes, selection=rows if len(grid) > 1 else [],
-                      necessary=necessary, necessary_units=necessary_units, necessity=necessity)
+                      necessary=necessary, necessary_units=necessary_units, necessity=necessity,
+                      layout={s.name: s for s in slots})
 
 
 def _choose(rows: list[dict], full: dict[str, float], metric: str,
@@ -173,8 +174,8 @@ def _fit(hm: HookedModel, sub: Subroutine, slots: list, weights: dict[str, torch
             hm.module.train()
         torch.manual_seed(config.seed)
         generator = torch.Generator(device=device).manual_seed(config.seed)
-        masks = MaskSet(slots, weights, config.method, config.init, generator,
-                        margin=config.margin)
+        method = methods.get(config.method)
+        masks = MaskSet(slots, weights, method, config.init, generator, margin=config.margin)
         optimizer = _adam(masks.logits, config.lr)
         history: list[dict] = []
         previous, stable = masks.hard_units(), 0
@@ -198,7 +199,7 @@ def _fit(hm: HookedModel, sub: Subroutine, slots: list, weights: dict[str, torch
             previous = hard
             density = _density(slots, hard)
             history.append({"epoch": epoch + 1, "task_loss": task_loss, "penalty": penalty,
-                            "beta": beta if config.method == "continuous" else None,
+                            "beta": beta if method.anneals else None,
                             "density": density, "changed": changed})
             bar.set_postfix(loss=f"{task_loss:.3f}", density=f"{density:.3f}")
             stable = stable + 1 if changed <= _STABLE_FRACTION * int(hard.sum()) else 0

@@ -18,8 +18,9 @@ A cell's ``model`` is ``{spec = "minilm" | "path/to/hf_dir"}``, ``{factory = "mo
 args = {...}}`` or ``{scratch = "mlp" | "cnn" | "transformer", ...builder options}`` (``mlp`` takes
 ``width`` and ``depth``, or ``sizes`` where ``"in"`` / ``"out"`` stand for the task's widths).
 ``task`` is ``{name = family, ...options}`` (the task's seed defaults to the cell's ``seed``);
-``config`` holds :class:`modprobe.AnalysisConfig` fields (``fit`` as a table of FitConfig fields,
-``quick = true`` starts from ``AnalysisConfig.quick``); ``init`` is ``"pretrained"`` (the model as
+``config`` holds :class:`modprobe.AnalysisConfig` fields and shorthands (``fit``, ``mask``,
+``ablation`` and ``probe`` as tables of their configs' fields, ``quick = true`` starts from
+``AnalysisConfig.quick``); ``init`` is ``"pretrained"`` (the model as
 built) or ``"random_init"`` (``modprobe.reinitialize(model, seed)``); ``seed`` is the analysis seed.
 """
 from __future__ import annotations
@@ -218,38 +219,49 @@ def _check_task(task: dict[str, Any]) -> None:
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    from ..analysis import AnalysisConfig
-    from ..fitting import FitConfig
+    from ..analysis import SHORTHANDS, AnalysisConfig
 
-    analysis_config(config, seed=0)  # raises on bad values
-    valid = {f.name for f in dataclasses.fields(AnalysisConfig)} | {"quick"}
+    fields = [f.name for f in dataclasses.fields(AnalysisConfig)]
+    valid = set(fields) | set(SHORTHANDS) | {"quick"}
     unknown = sorted(set(config) - valid)
     if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}; AnalysisConfig has {sorted(valid)}")
-    fit = config.get("fit", {})
-    unknown = sorted(set(fit) - {f.name for f in dataclasses.fields(FitConfig)})
-    if unknown:
-        raise ValueError(f"unknown config.fit field(s) {unknown}; FitConfig has "
-                         f"{[f.name for f in dataclasses.fields(FitConfig)]}")
+        raise ValueError(f"unknown config field(s) {unknown}; AnalysisConfig has {fields}, the "
+                         f"shorthands {sorted(SHORTHANDS)} and quick")
+    start = AnalysisConfig()
+    for stage in _STAGES:
+        table = config.get(stage, {})
+        names = [f.name for f in dataclasses.fields(getattr(start, stage))]
+        unknown = sorted(set(table) - set(names))
+        if unknown:
+            raise ValueError(f"unknown config.{stage} field(s) {unknown}; "
+                             f"{type(getattr(start, stage)).__name__} has {names}")
+    analysis_config(config, seed=0)  # raises on bad values
+
+
+# The nested stage configs a cell's config may hold as tables (``config.mask.epochs = 4``).
+_STAGES = ("fit", "mask", "ablation", "probe")
 
 
 def analysis_config(config: Mapping[str, Any], seed: int) -> Any:
-    """The :class:`modprobe.AnalysisConfig` a cell's ``config`` table describes."""
+    """The :class:`modprobe.AnalysisConfig` a cell's ``config`` table describes: ``quick``
+    starts from ``AnalysisConfig.quick``, tables of the nested stage configs (``fit``, ``mask``,
+    ``ablation``, ``probe``) change their fields, the other keys are AnalysisConfig fields or
+    shorthands."""
     from ..analysis import AnalysisConfig
-    from ..fitting import FitConfig
 
-    fields = {f.name for f in dataclasses.fields(AnalysisConfig)}
-    settings = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()
-                if k in fields and k != "fit"}
-    quick = bool(config.get("quick", False))
-    if "fit" in config:
-        fit_fields = {f.name for f in dataclasses.fields(FitConfig)}
-        start = AnalysisConfig.quick(seed=seed).fit if quick else FitConfig()
-        settings["fit"] = dataclasses.replace(
-            start, seed=seed, **{k: v for k, v in config["fit"].items() if k in fit_fields})
-    if quick:
-        return AnalysisConfig.quick(seed=seed, **settings)
-    return AnalysisConfig(seed=seed, **settings)
+    def plain(value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    start = AnalysisConfig.quick(seed=seed) if config.get("quick") else AnalysisConfig(seed=seed)
+    settings = {k: plain(v) for k, v in config.items() if k not in _STAGES and k != "quick"}
+    for stage in _STAGES:
+        if isinstance(config.get(stage), Mapping):
+            current = getattr(start, stage)
+            names = {f.name for f in dataclasses.fields(current)}
+            changes = {k: plain(v) for k, v in config[stage].items() if k in names}
+            settings[stage] = (current.replace(**changes) if stage == "mask"
+                               else dataclasses.replace(current, **changes))
+    return dataclasses.replace(start, **settings)
 
 
 # ----------------------------------------------------------------------------- dict helpers

@@ -14,7 +14,7 @@ from .spec import Cell
 
 SCALARS = ("task_metric", "density", "isolation", "decodability")
 FIT = ("metric", "train", "test", "heldout", "head", "finetuned", "epochs")
-PROBE = ("condition", "hook", "constituent", "metric", "accuracy", "ci_low", "ci_high",
+PROBE = ("model", "hook", "constituent", "metric", "accuracy", "ci_low", "ci_high",
          "selectivity", "baseline", "heldout_accuracy", "heldout_baseline")
 
 
