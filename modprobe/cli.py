@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run", type=Path, help="a directory holding results.json")
     demo = sub.add_parser("demo", help="the bundled MiniLM vs its random-init twin (minutes)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--seeds", type=int, nargs="+", default=[0],
+    demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                       help="more seeds give a confidence interval (each adds two analyses)")
     sweep = sub.add_parser("sweep", help="run a study of many analyses (grid over models, "
                            "tasks, seeds, settings), or `sweep report DIR`",
