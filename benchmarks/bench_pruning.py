@@ -50,7 +50,7 @@ import modprobe as mp
 from modprobe.pruning import MaskConfig, train_subnetwork
 from modprobe.pruning import train as pruning_train
 from modprobe.pruning.masks import MaskSet, layout, select_params
-from modprobe.pruning.train import _adam, _gradient, _step
+from modprobe.pruning.batched import adam as _adam, gradient as _gradient, step as _step
 
 torch.set_num_threads(2)
 

@@ -46,7 +46,8 @@ _CONSTRAINTS = {
     "necessity": _validate.OneOf(pruning.NECESSITY), "max_rounds": _validate.Int(1),
     "twin_check": _validate.Bool(), "verdict_rules": _validate.Instance(ablation.VerdictRules),
     "probe_measure": _validate.Strings(), "erasure": _validate.Bool(),
-    "erasure_random": _validate.Int(1),
+    "erasure_random": _validate.Int(1), "mask_scope": _validate.OneOf(("all", "upper")),
+    "reuse_activations": _validate.Bool(), "mask_stable_total": _validate.Real(0, 1),
 }
 
 
@@ -75,6 +76,15 @@ class AnalysisConfig:
     compression). ``erasure``: also erase every constituent at every probed hook with LEACE and
     score each subroutine against ``erasure_random`` random-direction erasures of the same rank.
     ``fit``: a :class:`FitConfig`, or just its mode: ``"finetune"``, ``"head"`` or ``"as_is"``.
+    ``mask_scope`` (when ``mask_params`` is None): ``"all"`` masks every weight matrix;
+    ``"upper"`` masks the upper half of the model's blocks: on a transformer bridge the attention
+    and MLP weight matrices of blocks n/2 .. n-1, on other models the weight matrices of the
+    upper half of their longest ``ModuleList`` (every weight matrix when there is none). The
+    tensors chosen are stated in ``results["mask_targets"]`` and the summary.
+    ``reuse_activations``: mask training and ablation run the layers below the first masked
+    tensor once per batch and replay them (identical results; see :mod:`modprobe._prefix`).
+    ``mask_stable_total``: early stopping's settling threshold, as a share of all masked
+    entries (``MaskConfig.stable_total``; 0 keeps only the 1%-of-kept rule).
     """
 
     seed: int = 0
@@ -95,6 +105,9 @@ class AnalysisConfig:
     erasure: bool = False
     erasure_random: int = 100
     validation_fraction: float = 0.25
+    mask_scope: str = "all"
+    reuse_activations: bool = True
+    mask_stable_total: float = 1e-4
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -109,11 +122,12 @@ class AnalysisConfig:
 
     @classmethod
     def quick(cls, seed: int = 0, **overrides: Any) -> "AnalysisConfig":
-        """Small settings for demos and smoke runs (minutes on a laptop CPU)."""
+        """Small settings for demos and smoke runs (minutes on a laptop CPU): the upper half of
+        the blocks masked (``mask_scope="upper"``), a shorter schedule, fewer controls."""
         settings: dict[str, Any] = dict(seed=seed, fit=FitConfig(epochs=4, seed=seed),
                                         mask_epochs=12, mask_lambda=(1.0, 300.0),
                                         n_random=80, complement=False,
-                                        probe_cv=3)
+                                        probe_cv=3, mask_scope="upper")
         settings.update(overrides)
         return cls(**settings)
 
@@ -141,11 +155,18 @@ class Analysis:
         """The verdict, its evidence as a terminal table, and where the report is."""
         evidence = self.results["verdict"]["evidence"]
         lines = [self.verdict] + (["", format_table(evidence)] if evidence else [])
+        targets = self.results.get("mask_targets")
+        if targets:
+            lines += ["", f"masked: {targets['description']}"]
         timings = self.results.get("timings") or {}
         if timings:
             lines += ["", "stage times: " + ", ".join(
                 f"{stage} {t['wall_s']:.1f} s wall / {t['cpu_s']:.1f} s CPU"
                 + (" (resumed)" if t.get("resumed") else "") for stage, t in timings.items())]
+            for stage, t in timings.items():
+                lines += [f"  {stage}: {s['step']} {s['wall_s']:.1f} s wall / {s['cpu_s']:.1f} s "
+                          "CPU" + (f", {s['epochs']} epochs" if s.get("epochs") else "")
+                          for s in t.get("steps", [])]
         if self.out is not None:
             lines += ["", f"report: {self.out / 'report.html'}"]
         return "\n".join(lines)
@@ -166,14 +187,18 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     if isinstance(task, str):
         task = tasks.load(task, seed=config.seed, model=hm)
     tasks.check_model(task, hm)
-    mask_config = pruning.MaskConfig(params=config.mask_params, epochs=config.mask_epochs,
+    targets = mask_targets(hm, config)
+    mask_config = pruning.MaskConfig(params=targets["params"], epochs=config.mask_epochs,
                                      l0_lambda=config.mask_lambda, necessity=config.necessity,
-                                     max_rounds=config.max_rounds, seed=config.seed)
+                                     max_rounds=config.max_rounds, seed=config.seed,
+                                     share_prefix=config.reuse_activations,
+                                     stable_total=config.mask_stable_total)
     _check_inputs(hm, task, config, label)
     store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
              if out is not None else None)
 
     timings: dict[str, dict[str, Any]] = {}
+    steps: dict[str, list[dict[str, Any]]] = {"masks": [], "twin": [], "ablation": []}
     # The twin is copied before anything runs the model: a bridge that has run forward passes
     # can hold non-leaf tensors that deepcopy refuses.
     twin_module = (reinitialize(hm, seed=config.seed).module
@@ -193,13 +218,14 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
         for name, sub in train.items():
             train[name], validation[name] = sub.holdout(config.validation_fraction)
     subnetworks = _cached(store, "masks", lambda: pruning.train_subnetworks(
-        fitted, train, mask_config, validation=validation, progress=config.progress),
+        fitted, train, mask_config, validation=validation, progress=config.progress,
+        timings=steps["masks"]),
         save=lambda subs, d: [s.save(d / _validate.path_name(n)) for n, s in subs.items()],
         load=lambda d: _load_masks(store, list(task.subroutines)),
         timings=timings)
 
     twin = _cached(store, "twin.json", lambda: _twin_check(
-        fitted.with_module(twin_module), train, validation, subnetworks, config),
+        fitted.with_module(twin_module), train, validation, subnetworks, config, steps["twin"]),
         save=lambda found, p: _write_stage(p, "twin", {"subnetworks": found}),
         load=lambda p: _read_stage(p, "twin", lambda d: d["subnetworks"]),
         timings=timings) if config.twin_check else {}
@@ -208,7 +234,8 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     ablation_report = _cached(store, "ablation.json", lambda: ablation.run(
         fitted, subnetworks, tests, n_random=config.n_random, seed=config.seed,
         strategy=config.strategy, complement=config.complement, label=label,
-        rules=config.verdict_rules, progress=config.progress),
+        rules=config.verdict_rules, progress=config.progress,
+        reuse_prefix=config.reuse_activations, timings=steps["ablation"]),
         save=lambda rep, p: _write_stage(p, "ablation", rep.to_dict()),
         load=lambda p: _read_stage(p, "ablation", ablation.AblationReport.from_dict),
         timings=timings)
@@ -235,12 +262,48 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     if erasure_report is not None:
         results["erasure"] = erasure_report.to_dict()
     results["twin_check"] = twin
+    for stage, rows in steps.items():
+        if rows and stage in timings:
+            timings[stage]["steps"] = rows
     results["timings"] = timings
+    results["mask_targets"] = targets
     analysis = Analysis(results, subnetworks, Path(out) if out is not None else None)
     if store is not None:
         _io.write_json(store.root / "results.json", results)
         write_report(results, store.root / "report.html")
     return analysis
+
+
+def mask_targets(hm: HookedModel, config: AnalysisConfig) -> dict[str, Any]:
+    """The tensors the mask search covers and why: ``{"params": patterns or None, "scope",
+    "description"}`` (``mask_params`` when given, else the ``mask_scope`` default)."""
+    if config.mask_params is not None:
+        return {"params": list(config.mask_params), "scope": "mask_params",
+                "description": "the tensors named by mask_params: "
+                               + ", ".join(config.mask_params)}
+    if config.mask_scope == "all":
+        return {"params": None, "scope": "all", "description": "every weight matrix except "
+                "the embeddings (mask_scope='all')"}
+    n_layers = getattr(getattr(hm.module, "cfg", None), "n_layers", None)
+    if hm.is_bridge and n_layers:
+        upper = range(n_layers // 2, n_layers)
+        params = [f"blocks.{i}.{part}.*.weight" for i in upper for part in ("attn", "mlp")]
+        return {"params": params, "scope": "upper", "description": (
+            f"the attention and MLP weight matrices of the upper {len(upper)} of {n_layers} "
+            f"blocks (blocks.{upper[0]}-{upper[-1]}; mask_scope='upper', override with "
+            "mask_params / --mask-params)")}
+    lists = [(path, m) for path, m in hm.module.named_modules()
+             if isinstance(m, torch.nn.ModuleList) and len(m) >= 2]
+    if not lists:
+        return {"params": None, "scope": "all", "description": "every weight matrix except the "
+                "embeddings (mask_scope='upper' found no list of blocks in this model)"}
+    path, blocks = max(lists, key=lambda item: len(item[1]))
+    upper = range(len(blocks) // 2, len(blocks))
+    heads = tuple(f"{path}.{i}." for i in upper)
+    params = [n for n, w in hm.params().items() if n.startswith(heads) and w.dim() >= 2]
+    return {"params": params, "scope": "upper", "description": (
+        f"the weight matrices of the upper {len(upper)} of the {len(blocks)} blocks of "
+        f"{path!r} (mask_scope='upper', override with mask_params / --mask-params)")}
 
 
 # ----------------------------------------------------------------------------- stages
@@ -277,7 +340,7 @@ def _fit_stage(hm: HookedModel, task: Any, config: AnalysisConfig, store: "_Stor
 
 def _twin_check(twin: HookedModel, train: dict[str, Subroutine],
                 validation: dict[str, Subroutine], subnetworks: dict[str, Any],
-                config: AnalysisConfig) -> dict[str, Any]:
+                config: AnalysisConfig, timings: list[dict] | None = None) -> dict[str, Any]:
     """Each subroutine's chosen search (its selected λ, no necessity rounds) on ``twin`` (the
     user's architecture re-initialised, read like the fitted model):
     ``{name: {"keep_only", "full", "full_trained", "density", "data"}}``, on validation data
@@ -287,7 +350,7 @@ def _twin_check(twin: HookedModel, train: dict[str, Subroutine],
         cfg = dataclasses.replace(sub.config, necessity="none")
         val = {name: validation[name]} if name in validation else None
         found = pruning.train_subnetworks(twin, {name: train[name]}, cfg, validation=val,
-                                          progress=config.progress)[name]
+                                          progress=config.progress, timings=timings)[name]
         metric = train[name].metric_name
         key = f"val_{metric}" if val else metric
         full_key = f"val_full_{metric}" if val else f"full_{metric}"
