@@ -128,8 +128,9 @@ def test_early_stopping_never_ends_on_an_unfaithful_mask():
 
 
 @pytest.mark.filterwarnings("ignore:with n_random")
-@pytest.mark.parametrize("strategy", ["zero", "random"])
-def test_ablation_scores_are_the_same_with_a_replayed_prefix(strategy):
+@pytest.mark.parametrize("strategy,vectorize", [("zero", False), ("random", False),
+                                               ("zero", True)])
+def test_ablation_scores_are_the_same_with_a_replayed_prefix(strategy, vectorize):
     model, x, sub = _model_and_data()
     subnet = train_subnetworks(model, {"A": sub}, MaskConfig(params=UPPER, l0_lambda=1.0,
                                                              epochs=4, necessity="none"),
@@ -138,7 +139,8 @@ def test_ablation_scores_are_the_same_with_a_replayed_prefix(strategy):
     from modprobe.ablation._evaluate import _Evaluator
     assert _Evaluator(hm, {"A": sub}, UPPER, "zero").recorded  # the prefix is in use
     reports = [mp.ablation.run(model, {"A": subnet}, {"A": sub, "B": sub}, n_random=12, n_boot=50,
-                               strategy=strategy, reuse_prefix=reuse, progress=False)
+                               strategy=strategy, reuse_prefix=reuse, vectorize=vectorize,
+                               progress=False)
                for reuse in (True, False)]
     rows = [[{k: v for k, v in r.items()} for r in rep.rows] for rep in reports]
     assert rows[0] == rows[1]

@@ -1,0 +1,79 @@
+"""Stage-by-stage time of the MiniLM analysis (language task), before and after the speed work,
+side by side in one process.
+
+"before": every weight matrix masked (``mask_scope="all"``), no activation reuse
+(``reuse_activations=False``: every mask and every ablation control recomputes the layers below
+the first masked tensor), the 1%-of-kept settling rule alone (``mask_stable_total=0``).
+"after": the current defaults of ``AnalysisConfig.quick()`` (the upper half of the blocks masked,
+prefix replay, early stopping that settles) and of ``AnalysisConfig()`` (every weight matrix, as
+before, with prefix replay and settling). Each run is a fresh ``analyze`` without ``out=``.
+Prints each stage's wall and CPU seconds, the after/before ratio, and the epochs each mask ran.
+Run: python benchmarks/bench_analysis.py [--quick-only] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+import modprobe as mp  # noqa: E402
+from modprobe.analysis import AnalysisConfig  # noqa: E402
+from modprobe.cli import _task  # noqa: E402
+
+BEFORE = dict(mask_scope="all", reuse_activations=False, mask_stable_total=0.0)
+
+
+def run(config: AnalysisConfig, quick: bool) -> tuple[dict, float, float]:
+    """One analysis as ``modprobe analyze --model minilm --task language [--quick]`` runs it
+    (the quick task is the CLI's smaller one), without an output directory."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    hm = mp.load_model("minilm")
+    task = _task("language", config.seed, quick, hm)
+    analysis = mp.analyze(hm, task, config=config)
+    return analysis.results, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def table(name: str, before: tuple, after: tuple) -> None:
+    (rb, wb, cb), (ra, wa, ca) = before, after
+    print(f"\n{name}: wall s (CPU s)")
+    print(f"  {'stage':<10} {'before':>18} {'after':>18} {'after/before':>13}")
+    for stage in rb["timings"]:
+        b, a = rb["timings"][stage], ra["timings"].get(stage, {"wall_s": 0.0, "cpu_s": 0.0})
+        print(f"  {stage:<10} {b['wall_s']:8.1f} ({b['cpu_s']:7.1f}) {a['wall_s']:8.1f} "
+              f"({a['cpu_s']:7.1f}) {a['wall_s'] / max(b['wall_s'], 1e-9):12.2f}x")
+    print(f"  {'total':<10} {wb:8.1f} ({cb:7.1f}) {wa:8.1f} ({ca:7.1f}) {wa / wb:12.2f}x")
+    for label, res in (("before", rb), ("after", ra)):
+        steps = [s for stage in ("masks", "twin") for s in res["timings"][stage].get("steps", [])]
+        epochs = ", ".join(f"{s['step'].removeprefix('mask ')}: {s['epochs']}" for s in steps)
+        print(f"  {label} epochs per mask: {epochs}")
+        print(f"  {label} masked: {res['mask_targets']['description']}")
+        print(f"  {label} verdict: {res['verdict']['verdicts']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick-only", action="store_true", help="skip the default analysis")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f} at start")
+    cases = [("quick", AnalysisConfig.quick(progress=False))]
+    if not args.quick_only:
+        cases.append(("default", AnalysisConfig(progress=False)))
+    for name, after in cases:
+        before = dataclasses.replace(after, **BEFORE)
+        table(name, run(before, name == "quick"), run(after, name == "quick"))
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    main()
