@@ -3,16 +3,20 @@ side by side in one process.
 
 "before": every weight matrix masked (``mask_scope="all"``), no activation reuse
 (``reuse_activations=False``: every mask and every ablation control recomputes the layers below
-the first masked tensor), the 1%-of-kept settling rule alone (``mask_stable_total=0``).
+the first masked tensor), the 1%-of-kept settling rule alone (``mask_stable_total=0``), and
+denormal floats not flushed during mask training.
 "after": the current defaults of ``AnalysisConfig.quick()`` (the upper half of the blocks masked,
 prefix replay, early stopping that settles) and of ``AnalysisConfig()`` (every weight matrix, as
 before, with prefix replay and settling). Each run is a fresh ``analyze`` without ``out=``.
 Prints each stage's wall and CPU seconds, the after/before ratio, and the epochs each mask ran.
-Run: python benchmarks/bench_analysis.py [--quick-only] [--threads 2]
+``--n-random N`` sets the random controls of both runs (fewer: a cheaper run, the same
+comparison for every other stage).
+Run: python benchmarks/bench_analysis.py [--quick-only] [--n-random 80] [--threads 2]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import time
@@ -26,17 +30,24 @@ import torch  # noqa: E402
 import modprobe as mp  # noqa: E402
 from modprobe.analysis import AnalysisConfig  # noqa: E402
 from modprobe.cli import _task  # noqa: E402
+from modprobe.pruning import batched  # noqa: E402
 
 BEFORE = dict(mask_scope="all", reuse_activations=False, mask_stable_total=0.0)
 
 
-def run(config: AnalysisConfig, quick: bool) -> tuple[dict, float, float]:
+def run(config: AnalysisConfig, quick: bool, flush: bool) -> tuple[dict, float, float]:
     """One analysis as ``modprobe analyze --model minilm --task language [--quick]`` runs it
     (the quick task is the CLI's smaller one), without an output directory."""
     wall, cpu = time.perf_counter(), time.process_time()
     hm = mp.load_model("minilm")
     task = _task("language", config.seed, quick, hm)
-    analysis = mp.analyze(hm, task, config=config)
+    flushing = batched._flushing_denormals
+    if not flush:  # the old behaviour: no flushing context around mask training
+        batched._flushing_denormals = contextlib.nullcontext
+    try:
+        analysis = mp.analyze(hm, task, config=config)
+    finally:
+        batched._flushing_denormals = flushing
     return analysis.results, time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -61,6 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick-only", action="store_true", help="skip the default analysis")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--n-random", type=int, default=None,
+                        help="random controls per subnetwork in both runs (default: the config's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,8 +83,11 @@ def main() -> None:
     if not args.quick_only:
         cases.append(("default", AnalysisConfig(progress=False)))
     for name, after in cases:
+        if args.n_random:
+            after = dataclasses.replace(after, n_random=args.n_random)
         before = dataclasses.replace(after, **BEFORE)
-        table(name, run(before, name == "quick"), run(after, name == "quick"))
+        quick = name == "quick"
+        table(name, run(before, quick, flush=False), run(after, quick, flush=True))
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -7,7 +7,8 @@ from those activations. Each mask keeps its own logits, Adam state and random ge
 replayed activations are bit-identical to recomputed ones, so every mask's hard mask, history
 and metrics equal those of training it alone with the same seed (``tests/test_batched.py``).
 Interleaving is exact only without dropout (dropout would draw from one shared random stream in
-another order), so with ``dropout=True`` masks are trained one after another.
+another order), so with ``dropout=True`` masks are trained one after another. Training flushes
+denormal floats to zero (see :func:`_flushing_denormals`).
 
 A mask stops early once β has reached ``stop_beta`` and its hard mask has settled for
 ``patience`` epochs, and only when its keep-only metric on the judging data is within
@@ -143,7 +144,7 @@ def _fit_together(hm: HookedModel, sub: Subroutine, slots: list, weights: dict[s
     config = configs[0]
     device = hm.device
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), hm.evaluating():
+    with torch.random.fork_rng(devices=devices), hm.evaluating(), _flushing_denormals():
         if config.dropout:
             hm.module.train()
         torch.manual_seed(config.seed)
@@ -199,6 +200,21 @@ def gradient(hm: HookedModel, sub: Subroutine, masks: MaskSet, inputs: Any,
     task = sub.compute_loss(sub.read(out), targets)
     (masks.logits.grad,) = torch.autograd.grad(task + l0_lambda * kept, [masks.logits])
     return task.detach(), kept.detach()
+
+
+@contextlib.contextmanager
+def _flushing_denormals():
+    """Flush denormal floats to zero while masks train (torch's default, off, is restored).
+
+    Late in the schedule (β near 200) the gates ``sigmoid(β·s)`` of pruned logits and their
+    gradients fall below 1.2e-38, where x86 CPUs compute up to ~15x slower (one fused Adam step
+    over 5 M denormal gradients: 0.21 s against 0.015 s); as zeros they change no hard mask.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def beta_at(config: MaskConfig, epoch: int) -> float:
