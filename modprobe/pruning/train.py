@@ -15,10 +15,10 @@ import torch
 
 from ..models import HookedModel, wrap
 from ..subroutine import Subroutine, as_subroutine, check_output, evaluate, move_to
-from .config import MaskConfig
-from .masks import (MaskSet, expand_units, layout, magnitude_units, per_slot, scaled_weights,
-                    select_params, split_units)
 from .batched import density_of as _density, fit_masks
+from .config import MaskConfig
+from .masks import (expand_units, layout, magnitude_units, scaled_weights, select_params,
+                    split_units)
 from .necessity import peel
 from .subnetwork import Subnetwork
 
