@@ -10,8 +10,10 @@ prefix replay, early stopping that settles) and of ``AnalysisConfig()`` (every w
 before, with prefix replay and settling). Each run is a fresh ``analyze`` without ``out=``.
 Prints each stage's wall and CPU seconds, the after/before ratio, and the epochs each mask ran.
 ``--n-random N`` sets the random controls of both runs (fewer: a cheaper run, the same
-comparison for every other stage).
-Run: python benchmarks/bench_analysis.py [--quick-only] [--n-random 80] [--threads 2]
+comparison for every other stage). ``--parts`` instead times the exact speedups alone on the
+quick setting's tensors (results asserted identical): the λ grid of one subroutine trained
+together vs one after another, and ablation controls with the prefix replayed vs recomputed.
+Run: python benchmarks/bench_analysis.py [--quick-only | --parts] [--n-random 80] [--threads 2]
 """
 from __future__ import annotations
 
@@ -68,9 +70,61 @@ def table(name: str, before: tuple, after: tuple) -> None:
         print(f"  {label} verdict: {res['verdict']['verdicts']}")
 
 
+def parts(n_random: int) -> None:
+    """Side by side, alternating, best of two: the exact speedups alone, same results."""
+    from modprobe.analysis import mask_targets
+    from modprobe.pruning.batched import fit_masks
+    from modprobe.pruning.masks import layout
+
+    from modprobe.fitting import FitConfig, fit
+
+    hm = mp.load_model("minilm")
+    task = _task("language", 0, True, hm)
+    hm, readout, _ = fit(hm, task.composite.train, task.composite.test, task.n_classes,
+                         FitConfig(mode="head", epochs=2, progress=False))
+    subs = {n: {k: dataclasses.replace(getattr(s, k), readout=readout) for k in ("train", "test")}
+            for n, s in task.subroutines.items()}
+    name = next(iter(subs))
+    sub = subs[name]["train"]
+    names = hm.param_names(mask_targets(hm, AnalysisConfig.quick())["params"])
+    slots, weights = layout(hm, names, "weight"), hm.params(names)
+    grid = [mp.pruning.MaskConfig(l0_lambda=lam, epochs=3) for lam in (1.0, 300.0)]
+    labels = [f"{name} λ={c.l0_lambda:g}" for c in grid]
+    subnet = mp.pruning.train_subnetworks(hm, {name: sub}, mp.pruning.MaskConfig(
+        params=tuple(names), l0_lambda=300.0, epochs=3, necessity="none"), progress=False)[name]
+    tests = {n: s["test"] for n, s in subs.items()}
+
+    def grid_fit(share):
+        return fit_masks(hm, sub, slots, weights, grid, labels, share=share, progress=False)
+
+    def ablate(reuse):
+        return mp.ablation.run(hm, {name: subnet}, tests, n_random=n_random, n_boot=0,
+                               reuse_prefix=reuse, progress=False)
+
+    for title, fn, same in (
+            (f"λ grid (1, 300), 3 epochs, {len(names)} tensors", grid_fit,
+             lambda a, b: all(torch.equal(x.units, y.units) and x.history == y.history
+                              for x, y in zip(a, b))),
+            (f"ablation, {n_random} random controls x {len(tests)} tasks", ablate,
+             lambda a, b: a.rows == b.rows)):
+        times = {False: [], True: []}
+        results = {}
+        for _ in range(2):
+            for on in (False, True):
+                start = time.perf_counter()
+                results[on] = fn(on)
+                times[on].append(time.perf_counter() - start)
+        assert same(results[False], results[True]), f"{title}: results differ"
+        off, on = min(times[False]), min(times[True])
+        print(f"  {title}: recomputed {off:.1f} s, shared/replayed {on:.1f} s, "
+              f"ratio {on / off:.2f}x (identical results)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick-only", action="store_true", help="skip the default analysis")
+    parser.add_argument("--parts", action="store_true",
+                        help="time only the exact speedups (grid sharing, prefix replay)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--n-random", type=int, default=None,
                         help="random controls per subnetwork in both runs (default: the config's)")
@@ -79,6 +133,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f} at start")
+    if args.parts:
+        parts(args.n_random or 16)
+        print(f"load average {os.getloadavg()[0]:.2f} at the end")
+        return
     cases = [("quick", AnalysisConfig.quick(progress=False))]
     if not args.quick_only:
         cases.append(("default", AnalysisConfig(progress=False)))
