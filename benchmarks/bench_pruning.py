@@ -50,9 +50,9 @@ import modprobe as mp
 from modprobe.pruning import MaskConfig, train_subnetwork
 from modprobe.pruning import train as pruning_train
 from modprobe.pruning import methods
+from modprobe.pruning.batched import adam as _adam, gradient as _gradient, step as _step
 from modprobe.pruning.layout import slots as layout
 from modprobe.pruning.masks import MaskSet, select_params
-from modprobe.pruning.train import _adam, _gradient, _step
 
 torch.set_num_threads(2)
 

@@ -46,14 +46,15 @@ _CONSTRAINTS = {
     "probe": _validate.Instance(probes.ProbeConfig), "probe_hooks": _validate.Strings(none=True),
     "validation_fraction": _validate.Real(0, 1, high_open=True), "progress": _validate.Bool(),
     "twin_check": _validate.Bool(), "erasure": _validate.Bool(),
-    "erasure_random": _validate.Int(1),
+    "erasure_random": _validate.Int(1), "mask_scope": _validate.OneOf(("all", "upper")),
+    "reuse_activations": _validate.Bool(),
 }
 # Flat keywords that set one field of a nested stage config: {shorthand: (stage, field)}.
 SHORTHANDS = {
     "mask_method": ("mask", "method"), "granularity": ("mask", "granularity"),
     "mask_params": ("mask", "params"), "mask_epochs": ("mask", "epochs"),
     "mask_lambda": ("mask", "l0_lambda"), "necessity": ("mask", "necessity"),
-    "max_rounds": ("mask", "max_rounds"),
+    "max_rounds": ("mask", "max_rounds"), "mask_stable_total": ("mask", "stable_total"),
     "n_random": ("ablation", "n_random"), "complement": ("ablation", "complement"),
     "strategy": ("ablation", "strategy"), "verdict_rules": ("ablation", "rules"),
     "probe_cv": ("probe", "cv"), "probe_measure": ("probe", "measure"),
@@ -77,7 +78,8 @@ class AnalysisConfig:
     beside it): ``mask_method``, ``granularity``, ``mask_params``, ``mask_epochs``,
     ``mask_lambda`` (``mask.l0_lambda``), ``necessity``, ``max_rounds``, ``n_random``,
     ``complement``, ``strategy``, ``verdict_rules`` (``ablation.rules``), ``probe_cv`` and
-    ``probe_measure`` (see :data:`SHORTHANDS`).
+    ``probe_measure``, ``mask_stable_total`` (``mask.stable_total``, early stopping's settling
+    threshold as a share of all masked entries) (see :data:`SHORTHANDS`).
     ``probe_hooks``: the hook points the probes (and erasures) read (None: every block's
     output). ``validation_fraction``: the share of each subroutine's training data held out to
     choose among the mask grid's settings (default: the pruning stage's 20%; 0: let the pruning
@@ -91,6 +93,13 @@ class AnalysisConfig:
     of the same rank. ``progress``: progress bars. ``scratch_fit``: how
     :func:`modprobe.compare` trains each random-init twin (from scratch,
     :meth:`~modprobe.fitting.FitConfig.scratch`); an analysis of one model uses ``fit`` only.
+    ``mask_scope`` (when no mask tensors are given): ``"all"`` masks every weight matrix;
+    ``"upper"`` masks the upper half of the model's blocks: on a transformer bridge the attention
+    and MLP weight matrices of blocks n/2 .. n-1, on other models the weight matrices of the
+    upper half of their longest ``ModuleList`` (every weight matrix when there is none). The
+    tensors chosen are stated in ``results["mask_targets"]`` and the summary.
+    ``reuse_activations``: mask training and ablation run the layers below the first masked
+    tensor once per batch and replay them (identical results; see :mod:`modprobe._prefix`).
     """
 
     seed: int = 0
@@ -104,6 +113,8 @@ class AnalysisConfig:
     erasure: bool = False
     erasure_random: int = 100
     validation_fraction: float = pruning.config.HOLDOUT
+    mask_scope: str = "all"
+    reuse_activations: bool = True
     progress: bool = True
 
     def __init__(self, **settings: Any) -> None:
@@ -149,11 +160,12 @@ class AnalysisConfig:
 
     @classmethod
     def quick(cls, seed: int = 0, **overrides: Any) -> "AnalysisConfig":
-        """Small settings for demos and smoke runs (minutes on a laptop CPU)."""
+        """Small settings for demos and smoke runs (minutes on a laptop CPU): the upper half of
+        the blocks masked (``mask_scope="upper"``), a shorter schedule, fewer controls."""
         settings: dict[str, Any] = dict(seed=seed, fit=FitConfig(epochs=4, seed=seed),
                                         mask_epochs=12, mask_lambda=(1.0, 300.0),
                                         n_random=80, complement=False,
-                                        probe_cv=3)
+                                        probe_cv=3, mask_scope="upper")
         settings.update(overrides)
         return cls(**settings)
 
@@ -197,11 +209,18 @@ class Analysis:
         """The verdict, its evidence as a terminal table, and where the report is."""
         evidence = self.results["verdict"]["evidence"]
         lines = [self.verdict] + (["", format_table(evidence)] if evidence else [])
+        targets = self.results.get("mask_targets")
+        if targets:
+            lines += ["", f"masked: {targets['description']}"]
         timings = self.results.get("timings") or {}
         if timings:
             lines += ["", "stage times: " + ", ".join(
                 f"{stage} {t['wall_s']:.1f} s wall / {t['cpu_s']:.1f} s CPU"
                 + (" (resumed)" if t.get("resumed") else "") for stage, t in timings.items())]
+            for stage, t in timings.items():
+                lines += [f"  {stage}: {s['step']} {s['wall_s']:.1f} s wall / {s['cpu_s']:.1f} s "
+                          "CPU" + (f", {s['epochs']} epochs" if s.get("epochs") else "")
+                          for s in t.get("steps", [])]
         if self.out is not None:
             lines += ["", f"report: {self.out / 'report.html'}"]
         return "\n".join(lines)
@@ -222,12 +241,15 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     if isinstance(task, str):
         task = tasks.load(task, seed=config.seed, model=hm)
     tasks.check_model(task, hm)
-    mask_config = config.mask
+    targets = mask_targets(hm, config)
+    mask_config = config.mask.replace(params=targets["params"],
+                                      share_prefix=config.reuse_activations)
     _check_inputs(hm, task, config, label)
     store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
              if out is not None else None)
 
     timings: dict[str, dict[str, Any]] = {}
+    steps: dict[str, list[dict[str, Any]]] = {"masks": [], "twin": [], "ablation": []}
     # The twin is copied before anything runs the model: a bridge that has run forward passes
     # can hold non-leaf tensors that deepcopy refuses.
     twin_module = (reinitialize(hm, seed=config.seed).module
@@ -247,20 +269,23 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
         for name, sub in train.items():
             train[name], validation[name] = sub.holdout(config.validation_fraction)
     subnetworks = _cached(store, "masks", lambda: pruning.train_subnetworks(
-        fitted, train, mask_config, validation=validation, progress=config.progress),
+        fitted, train, mask_config, validation=validation, progress=config.progress,
+        timings=steps["masks"]),
         save=lambda subs, d: [s.save(d / _validate.path_name(n)) for n, s in subs.items()],
         load=lambda d: _load_masks(store, list(task.subroutines)),
         timings=timings)
 
     twin = _cached(store, "twin.json", lambda: _twin_check(
-        fitted.with_module(twin_module), train, validation, subnetworks, config),
+        fitted.with_module(twin_module), train, validation, subnetworks, config, steps["twin"]),
         save=lambda found, p: _write_stage(p, "twin", {"subnetworks": found}),
         load=lambda p: _read_stage(p, "twin", lambda d: d["subnetworks"]),
         timings=timings) if config.twin_check else {}
 
     tests = {name: with_head(split.test) for name, split in task.subroutines.items()}
     ablation_report = _cached(store, "ablation.json", lambda: ablation.run(
-        fitted, subnetworks, tests, config.ablation, label=label, progress=config.progress),
+        fitted, subnetworks, tests,
+        dataclasses.replace(config.ablation, reuse_prefix=config.reuse_activations), label=label,
+        progress=config.progress, timings=steps["ablation"]),
         save=lambda rep, p: _write_stage(p, "ablation", rep.to_dict()),
         load=lambda p: _read_stage(p, "ablation", ablation.AblationReport.from_dict),
         timings=timings)
@@ -286,12 +311,48 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     if erasure_report is not None:
         results["erasure"] = erasure_report.to_dict()
     results["twin_check"] = twin
+    for stage, rows in steps.items():
+        if rows and stage in timings:
+            timings[stage]["steps"] = rows
     results["timings"] = timings
+    results["mask_targets"] = targets
     analysis = Analysis(results, subnetworks, Path(out) if out is not None else None)
     if store is not None:
         _io.write_json(store.root / "results.json", results)
         write_report(results, store.root / "report.html")
     return analysis
+
+
+def mask_targets(hm: HookedModel, config: AnalysisConfig) -> dict[str, Any]:
+    """The tensors the mask search covers and why: ``{"params": patterns or None, "scope",
+    "description"}`` (``mask_params`` when given, else the ``mask_scope`` default)."""
+    if config.mask_params is not None:
+        return {"params": list(config.mask_params), "scope": "mask_params",
+                "description": "the tensors named by mask_params: "
+                               + ", ".join(config.mask_params)}
+    if config.mask_scope == "all":
+        return {"params": None, "scope": "all", "description": "every weight matrix except "
+                "the embeddings (mask_scope='all')"}
+    n_layers = getattr(getattr(hm.module, "cfg", None), "n_layers", None)
+    if hm.is_bridge and n_layers:
+        upper = range(n_layers // 2, n_layers)
+        params = [f"blocks.{i}.{part}.*.weight" for i in upper for part in ("attn", "mlp")]
+        return {"params": params, "scope": "upper", "description": (
+            f"the attention and MLP weight matrices of the upper {len(upper)} of {n_layers} "
+            f"blocks (blocks.{upper[0]}-{upper[-1]}; mask_scope='upper', override with "
+            "mask_params / --mask-params)")}
+    lists = [(path, m) for path, m in hm.module.named_modules()
+             if isinstance(m, torch.nn.ModuleList) and len(m) >= 2]
+    if not lists:
+        return {"params": None, "scope": "all", "description": "every weight matrix except the "
+                "embeddings (mask_scope='upper' found no list of blocks in this model)"}
+    path, blocks = max(lists, key=lambda item: len(item[1]))
+    upper = range(len(blocks) // 2, len(blocks))
+    heads = tuple(f"{path}.{i}." for i in upper)
+    params = [n for n, w in hm.params().items() if n.startswith(heads) and w.dim() >= 2]
+    return {"params": params, "scope": "upper", "description": (
+        f"the weight matrices of the upper {len(upper)} of the {len(blocks)} blocks of "
+        f"{path!r} (mask_scope='upper', override with mask_params / --mask-params)")}
 
 
 # ----------------------------------------------------------------------------- stages
@@ -328,7 +389,7 @@ def _fit_stage(hm: HookedModel, task: Any, config: AnalysisConfig, store: "_Stor
 
 def _twin_check(twin: HookedModel, train: dict[str, Subroutine],
                 validation: dict[str, Subroutine], subnetworks: dict[str, Any],
-                config: AnalysisConfig) -> dict[str, Any]:
+                config: AnalysisConfig, timings: list[dict] | None = None) -> dict[str, Any]:
     """Each subroutine's chosen search (its selected λ, no necessity rounds) on ``twin`` (the
     user's architecture re-initialised, read like the fitted model):
     ``{name: {"keep_only", "full", "full_trained", "density", "data"}}``, on validation data
@@ -338,7 +399,7 @@ def _twin_check(twin: HookedModel, train: dict[str, Subroutine],
         cfg = dataclasses.replace(sub.config, necessity="none")
         val = {name: validation[name]} if name in validation else None
         found = pruning.train_subnetworks(twin, {name: train[name]}, cfg, validation=val,
-                                          progress=config.progress)[name]
+                                          progress=config.progress, timings=timings)[name]
         metric = train[name].metric_name
         key = f"val_{metric}" if val else metric
         full_key = f"val_full_{metric}" if val else f"full_{metric}"

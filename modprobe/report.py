@@ -40,10 +40,28 @@ def render_html(results: dict[str, Any]) -> str:
         title = f"modprobe analysis: {results['task']['name']}"
         sections = [("What was analysed", _about(results))]
         sections += _analysis_sections(results, prefix="")
-    sections.append(("Configuration and versions", _pre(json.dumps(
-        {k: results.get(k) for k in ("config", "versions", "schema_version", "created")},
-        indent=2, default=str))))
+    sections.append(("Configuration and versions", _timings_html(results) + _pre(json.dumps(
+        {k: results.get(k) for k in ("config", "mask_targets", "versions", "schema_version",
+                                     "created")}, indent=2, default=str))))
     return page(title, sections)
+
+
+def _timings_html(results: dict[str, Any]) -> str:
+    """Wall and CPU seconds of every stage and of its sub-steps (each mask, each λ, each
+    necessity round, each set of ablation controls), when the run recorded them."""
+    rows = []
+    for stage, t in (results.get("timings") or {}).items():
+        rows.append({"stage": stage, "step": "(whole stage)" + (" resumed" if t.get("resumed")
+                                                                  else ""),
+                     "wall_s": round(t["wall_s"], 2), "cpu_s": round(t["cpu_s"], 2),
+                     "epochs": None})
+        rows += [{"stage": stage, "step": s["step"], "wall_s": round(s["wall_s"], 2),
+                  "cpu_s": round(s["cpu_s"], 2), "epochs": s.get("epochs")}
+                 for s in t.get("steps", [])]
+    if not rows:
+        return ""
+    return ('<p class="note">Time per stage and sub-step (wall and CPU seconds of this process; '
+            'a mask\'s own steps and checks, not the passes it shared).</p>' + _table(rows, 500))
 
 
 def page(title: str, sections: list[tuple[str, str]]) -> str:

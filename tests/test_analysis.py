@@ -65,6 +65,22 @@ def test_planted_modular_model_is_judged_isolated_and_results_follow_the_schema(
     results = json.loads((analysis.out / "results.json").read_text())
     check_schema(results)
     assert results["verdict"]["isolated"] == {"A": True, "B": True}
+
+
+def test_sub_steps_are_timed_in_results_summary_and_report(analysis):
+    results = json.loads((analysis.out / "results.json").read_text())
+    masks = results["timings"]["masks"]["steps"]
+    lambdas = len(CONFIG.mask_lambda)
+    for name in "AB":  # a mask per subroutine and λ
+        assert sum(s["step"].startswith(f"mask {name} l0_lambda=") for s in masks) == lambdas
+    assert any("necessity round" in s["step"] for s in masks)
+    assert all(s["wall_s"] >= 0 and s["cpu_s"] >= 0 and s["epochs"] >= 1 for s in masks)
+    assert any("random_ablate" in s["step"] for s in results["timings"]["ablation"]["steps"])
+    assert results["mask_targets"]["scope"] in ("all", "upper")
+    summary = analysis.summary()
+    assert "masked: " in summary and "masks: mask A" in summary
+    report = (analysis.out / "report.html").read_text()
+    assert "Time per stage and sub-step" in report and "random_ablate" in report
     assert analysis.scalars["isolation"] > 0.2
     assert results["fit"]["test"] > 0.9 and not results["fit"]["head"]
     assert analysis.verdict.startswith("Modular")
@@ -339,3 +355,21 @@ def test_cli_verbose_logs_each_stage_and_quiet_logs_nothing(analysis, planted, t
     assert cli.main(argv + ["--quiet"]) == 0
     captured = capsys.readouterr()
     assert "stage" not in captured.err and "Modular" in captured.out
+
+
+def test_quick_mask_targets_are_the_upper_blocks_and_mask_params_override_them():
+    from modprobe.analysis import mask_targets
+
+    bert = mp.scratch.transformer("bert", n_layers=4, d_model=32, n_heads=4, d_mlp=64,
+                                  vocab_size=40, max_len=16, seed=0)
+    quick = mp.AnalysisConfig.quick()
+    found = mask_targets(bert, quick)
+    names = bert.param_names(found["params"])
+    assert names and all(n.startswith(("blocks.2.", "blocks.3.")) for n in names)
+    assert {n.split(".")[2] for n in names} == {"attn", "mlp"}
+    assert "upper 2 of 4 blocks" in found["description"]
+    assert mask_targets(bert, mp.AnalysisConfig())["params"] is None
+    mine = mask_targets(bert, mp.AnalysisConfig.quick(mask_params=("blocks.0.mlp.*.weight",)))
+    assert mine["params"] == ["blocks.0.mlp.*.weight"] and mine["scope"] == "mask_params"
+    plain = mp.wrap(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
+    assert mask_targets(plain, quick)["params"] is None  # no list of blocks: everything

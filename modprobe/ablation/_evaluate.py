@@ -16,6 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from .._prefix import Prefix
 from ..models import HookedModel, output_axis
 from ..subroutine import Subroutine, index_inputs, move_to
 
@@ -45,7 +46,7 @@ class _Evaluator:
     def __init__(self, model: HookedModel, tasks: Mapping[str, Subroutine], params: Sequence[str],
                  strategy: str, *, replacement: Mapping[str, torch.Tensor] | None = None,
                  means: "_MeanAblation | None" = None, batch_size: int | None = None,
-                 vectorize: bool | None = None, chunk: int = 8):
+                 vectorize: bool | None = None, chunk: int = 8, reuse_prefix: bool = True):
         self.model = model
         device = model.device
         self.tasks = {name: _Task(sub, device, batch_size) for name, sub in tasks.items()}
@@ -56,13 +57,30 @@ class _Evaluator:
         self.vectorize = (device.type == "cuda") if vectorize is None else vectorize
         self.vectorize = self.vectorize and strategy != "mean"
         self.chunk = chunk
+        self.prefix, self.recorded = None, {}
+        if reuse_prefix and params:
+            first = next(iter(self.tasks.values())).batches[0][0]
+            self.prefix = Prefix(model, params, first)
+            if self.prefix:
+                self.recorded = {name: [self.prefix.record(x) for x, _ in t.batches]
+                                 for name, t in self.tasks.items()}
+
+    def _forward(self, task: str, i: int, params: Mapping[str, torch.Tensor], x: Any,
+                 sub: Subroutine) -> torch.Tensor:
+        """The readout of batch ``i`` of ``task``; the layers below the first masked tensor are
+        replayed from their one recorded pass (bit-identical to running them)."""
+        if not self.recorded:
+            return sub.read(self.model.forward_with(params, x))
+        with self.prefix.replaying(self.recorded[task][i]):
+            return sub.read(self.model.forward_with(params, x))
 
     def readouts(self, task: str, removed: Removed) -> torch.Tensor:
         """Per-example readouts of one task with ``removed`` weights (or units) taken out."""
         t = self.tasks[task]
         params = self._params(removed)
         with self._hooks(removed):
-            out = torch.cat([t.sub.read(self.model.forward_with(params, x)) for x, _ in t.batches])
+            out = torch.cat([self._forward(task, i, params, x, t.sub)
+                             for i, (x, _) in enumerate(t.batches)])
         if len(out) != len(t.targets):
             raise ValueError(f"task {task!r}: the readout gives {len(out)} rows for "
                              f"{len(t.targets)} targets; it must keep one row per example (the "
@@ -88,10 +106,11 @@ class _Evaluator:
             params = [self._params(r) for r in group]
             stacked = {p: torch.stack([q[p] for q in params]) for p in params[0]}
             for name, t in self.tasks.items():
-                def run(params, x, sub=t.sub):
-                    return sub.read(self.model.forward_with(params, x))
-                batched = torch.func.vmap(run, in_dims=(0, None))
-                readouts = torch.cat([batched(stacked, x) for x, _ in t.batches], dim=1)
+                def run(params, x, i, name=name, sub=t.sub):
+                    return self._forward(name, i, params, x, sub)
+                readouts = torch.cat([torch.func.vmap(lambda p, x, i=i: run(p, x, i),
+                                                      in_dims=(0, None))(stacked, x)
+                                      for i, (x, _) in enumerate(t.batches)], dim=1)
                 out[name] += [t.score(r) for r in readouts]
         return out
 

@@ -149,16 +149,19 @@ def _controls(spec: _Spec, n: int, seed: int, kind: str) -> Iterator[dict[str, t
     keeps, drawn without replacement from the whole tensor (``"random_ablate"``) or from outside
     the subnetwork only (``"complement_sampled"``)."""
     gen = _generator(seed, spec.name, kind)
+    pools = {}  # per tensor: (kept units, pool to draw from (None: every unit), how many)
+    for p, mask in spec.masks.items():
+        kept = spec.layouts[p].units(mask)
+        pool = None if kind == "random_ablate" else (~kept).nonzero().flatten()
+        pools[p] = (kept, pool, int(kept.sum()))
     for _ in range(n):
         removed = {}
-        for p, mask in spec.masks.items():
-            layout = spec.layouts[p]
-            kept = layout.units(mask)
-            pool = (torch.ones_like(kept) if kind == "random_ablate" else ~kept).nonzero().flatten()
-            chosen = pool[torch.randperm(len(pool), generator=gen)[:int(kept.sum())]]
+        for p, (kept, pool, count) in pools.items():
+            size = len(kept) if pool is None else len(pool)
+            chosen = torch.randperm(size, generator=gen)[:count]
             units = torch.zeros_like(kept)
-            units[chosen] = True
-            removed[p] = layout.expand(units)
+            units[chosen if pool is None else pool[chosen]] = True
+            removed[p] = spec.layouts[p].expand(units)
         yield removed
 
 

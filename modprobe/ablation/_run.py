@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
@@ -48,13 +49,14 @@ class AblationConfig:
     vectorize: bool | None = None
     mask_chunk: int = 8
     rules: VerdictRules = VerdictRules()
+    reuse_prefix: bool = True
 
     def __post_init__(self) -> None:
         check(self, {"n_random": Int(1), "seed": Int(0), "strategy": OneOf(STRATEGIES),
                      "complement": Bool(), "n_bootstrap": Int(0), "alpha": Real(0, 1, True, True),
                      "label": Text(), "batch_size": Int(1, none=True),
                      "vectorize": Bool(none=True), "mask_chunk": Int(1),
-                     "rules": Instance(VerdictRules)},
+                     "rules": Instance(VerdictRules), "reuse_prefix": Bool()},
               {"n_random": "random controls give the p-values", "n_bootstrap": "0 skips the CIs"})
 
     @property
@@ -64,7 +66,8 @@ class AblationConfig:
 
 def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any],
         config: AblationConfig | None = None, *, targets: Mapping[str, str] | None = None,
-        reference: Any = None, progress: bool = True, **options: Any) -> AblationReport:
+        reference: Any = None, progress: bool = True, timings: list[dict] | None = None,
+        **options: Any) -> AblationReport:
     """Ablate each subnetwork, keep only it, and compare with size-matched random ablations.
 
     ``subnetworks``: ``{name: Subnetwork}`` (anything with ``.masks``) or ``{name: {param: bool
@@ -83,7 +86,10 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
     under the config's ``rules``. With ``strategy="mean"`` a removed unit outputs its mean
     activation over ``reference`` (default all eval data). The model is never modified; a fixed
     ``seed`` gives an identical report. ``label`` names the model in the rows (concatenate a
-    random-init twin's report with :meth:`AblationReport.concat`).
+    random-init twin's report with :meth:`AblationReport.concat`). ``reuse_prefix``: the layers
+    below the first masked tensor run once per evaluation batch and are replayed for every
+    condition (:mod:`modprobe._prefix`; the scores are bit-identical). A list passed as
+    ``timings`` gets the wall and CPU seconds of each subnetwork's conditions.
     """
     cfg = configured(AblationConfig, config, options, "run()")
     n_random, seed, strategy, label = cfg.n_random, cfg.seed, cfg.strategy, cfg.label
@@ -104,12 +110,13 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
             fresh = reinitialize(hm, seed).params(params)
             replacement = {p: w.to(hm.device) for p, w in fresh.items()}
         ev = _Evaluator(hm, tasks, params, strategy, replacement=replacement, means=means,
-                        batch_size=cfg.batch_size, vectorize=cfg.vectorize, chunk=cfg.mask_chunk)
+                        batch_size=cfg.batch_size, vectorize=cfg.vectorize, chunk=cfg.mask_chunk,
+                        reuse_prefix=cfg.reuse_prefix)
         if means is not None:
             ref = ([x for t in ev.tasks.values() for x, _ in t.batches] if reference is None
                    else [move_to(x, hm.device) for x, _ in as_subroutine(reference).batches()])
             means.fit(ref)
-        rows, controls = _measure(ev, specs, cfg, progress)
+        rows, controls = _measure(ev, specs, cfg, progress, timings)
     _adjust(rows, cfg)
     chance = {name: sub.chance_level() for name, sub in tasks.items()}
     return AblationReport(rows=rows, isolation=_isolation(rows, specs, goals, chance, cfg),
@@ -147,9 +154,19 @@ def _warn_resolution(cfg: AblationConfig, m: int) -> None:
 
 
 def _measure(ev: _Evaluator, specs: Mapping[str, _Spec], cfg: AblationConfig,
-             progress: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+             progress: bool, timings: list[dict] | None = None
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluate every condition and turn the scores into rows (p-values not yet adjusted)."""
     rows, controls = [], []
+    clock = (time.perf_counter(), time.process_time())
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = (time.perf_counter(), time.process_time())
+        if timings is not None:
+            timings.append({"step": step, "wall_s": now[0] - clock[0], "cpu_s": now[1] - clock[1]})
+        clock = now
+
     for task in ev.tasks:
         rows.append(_scored_row(ev, cfg, None, task, "full", {}))
     total = len(specs) * cfg.n_random * len(cfg.kinds)
@@ -165,6 +182,7 @@ def _measure(ev: _Evaluator, specs: Mapping[str, _Spec], cfg: AblationConfig,
                 row = _scored_row(ev, cfg, name, task, cond, removed)
                 scores[cond][task] = row["value"]
                 rows.append(row)
+        lap(f"ablation {name} targeted conditions")
         for kind in cfg.kinds:
             crowded = _no_complement(spec) if kind == "complement_sampled" else []
             if crowded:
@@ -183,6 +201,7 @@ def _measure(ev: _Evaluator, specs: Mapping[str, _Spec], cfg: AblationConfig,
                 rows.append(_control_row(ev, cfg, name, task, kind, vals, scores["ablate"][task]))
                 controls.append(dict(model=cfg.label, subnetwork=name, eval_task=task,
                                      condition=kind, values=vals))
+            lap(f"ablation {name} {kind} x{cfg.n_random}")
     bar.close()
     return rows, controls
 

@@ -10,26 +10,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import math
 from typing import Any, Mapping
 
 import torch
-from tqdm.auto import tqdm
 
 from ..models import HookedModel, wrap
 from ..subroutine import Subroutine, as_subroutine, check_output, evaluate, move_to
+from .batched import density_of as _density, fit_masks
 from .config import HOLDOUT as _HOLDOUT, MaskConfig
 from . import methods
-from .layout import expand_units, per_slot, scaled_weights, slots as unit_slots, split_units
-from .masks import MaskSet, select_params
+from .layout import expand_units, scaled_weights, slots as unit_slots, split_units
+from .masks import select_params
 from .necessity import peel
 from .subnetwork import Subnetwork
-
-
-# The hard mask counts as settled when the entries that flipped in an epoch are at most this
-# fraction of the entries it keeps: a few logits sitting on the threshold keep flipping long
-# after the subnetwork has settled, on small MLPs and on 10 M-entry transformers alike.
-_STABLE_FRACTION = 0.01
 
 
 def train_subnetwork(model: Any, data: Any, config: MaskConfig | None = None, *,
@@ -42,13 +35,16 @@ def train_subnetwork(model: Any, data: Any, config: MaskConfig | None = None, *,
 
 def train_subnetworks(model: Any, subroutines: Mapping[str, Any], config: MaskConfig | None = None,
                       *, validation: Mapping[str, Any] | None = None,
-                      progress: bool = True) -> dict[str, Subnetwork]:
+                      progress: bool = True,
+                      timings: list[dict] | None = None) -> dict[str, Subnetwork]:
     """Learn one binary weight mask per subroutine; ``{name: Subnetwork}``.
 
     ``subroutines`` maps names to :class:`Subroutine` objects or plain data (defaults: cross-entropy
     and accuracy). ``validation`` maps the same names to held-out data: its keep-only metric is
     reported, and it picks the grid point when ``config`` holds a grid. All subroutines mask the
-    same tensors, so their masks can be compared entry by entry.
+    same tensors, so their masks can be compared entry by entry. A list passed as ``timings``
+    gets one row per trained mask (grid point or necessity round): its wall and CPU seconds and
+    epochs.
     """
     config = config or MaskConfig()
     if not subroutines:
@@ -71,7 +67,7 @@ def train_subnetworks(model: Any, subroutines: Mapping[str, Any], config: MaskCo
         full = {name: _full_scores(hm, sub, vals.get(name)) for name, sub in subs.items()}
         names, dead = _live_params(hm, config, list(subs.values()))
         return {name: _search(hm, name, sub, vals.get(name), full[name], config, names,
-                              dead + notes[name], progress)
+                              dead + notes[name], progress, timings)
                 for name, sub in subs.items()}
 
 
@@ -92,21 +88,28 @@ def _full_scores(hm: HookedModel, sub: Subroutine, val: Subroutine | None) -> di
 
 def _search(hm: HookedModel, name: str, sub: Subroutine, val: Subroutine | None,
             full: dict[str, float], config: MaskConfig, names: list[str], notes: list[str],
-            progress: bool) -> Subnetwork:
+            progress: bool, timings: list[dict] | None) -> Subnetwork:
     """Fit every grid point, keep the sparsest one faithful on validation data."""
     slots = unit_slots(hm, names, config.granularity)
     method = methods.get(config.method)
     weights = hm.params(names)
     metric = sub.metric_name
     grid = _grid(config)
+    configs = [dataclasses.replace(config, **point) for point in grid]
+    labels = [name + ("" if len(grid) == 1 else " " + " ".join(f"{k}={v:g}" for k, v in p.items()))
+              for p in grid]
+    judge = val if val is not None else sub
+    if not method.trained:
+        found = [(method.select(slots, weights, c), []) for c in configs]
+    elif len(grid) == 1:
+        found = [_fit(hm, sub, slots, weights, configs[0], labels[0], progress, judge, timings)]
+    else:
+        runs = fit_masks(hm, sub, slots, weights, configs, labels, judge=judge,
+                         share=config.share_prefix, progress=progress)
+        _record(timings, runs)
+        found = [(r.units, r.history) for r in runs]
     rows, fits = [], []
-    for point in grid:
-        label = name + ("" if len(grid) == 1 else " " + " ".join(f"{k}={v:g}" for k, v in point.items()))
-        point_config = dataclasses.replace(config, **point)
-        if not method.trained:
-            units, history = method.select(slots, weights, point_config), []
-        else:
-            units, history = _fit(hm, sub, slots, weights, point_config, label, progress)
+    for point, point_config, (units, history) in zip(grid, configs, found):
         keep = scaled_weights(slots, weights, units)
         row = {**point, "density": _density(slots, units), metric: evaluate(hm, sub, keep),
                "epochs": len(history)}
@@ -127,12 +130,11 @@ def _search(hm: HookedModel, name: str, sub: Subroutine, val: Subroutine | None,
         choice_notes.append(f"necessity='peel' needs a trained mask; {config.method} masks are "
                             "sufficiency-only (ablation removes the selected set itself)")
     elif config.necessity == "peel":
-        judge = val if val is not None else sub
         peeled = peel(hm, judge, slots, weights, units,
                       lambda base, number: _fit(hm, sub, slots, base, dataclasses.replace(
                           point_config, seed=config.seed + 1000 * number,
                           l0_lambda=point_config.l0_lambda * config.peel_decay ** (number - 1)),
-                          f"{name} necessity round {number}", progress)[0],
+                          f"{name} necessity round {number}", progress, judge, timings)[0],
                       lambda u: _density(slots, u),
                       full=full[f"val_{metric}" if val is not None else metric],
                       chance=judge.chance_level(), break_fraction=config.break_fraction,
@@ -165,88 +167,19 @@ def _choose(rows: list[dict], full: dict[str, float], metric: str,
 
 # --------------------------------------------------------------------- training one mask
 def _fit(hm: HookedModel, sub: Subroutine, slots: list, weights: dict[str, torch.Tensor],
-         config: MaskConfig, label: str, progress: bool) -> tuple[torch.Tensor, list[dict]]:
+         config: MaskConfig, label: str, progress: bool, judge: Subroutine | None = None,
+         timings: list[dict] | None = None) -> tuple[torch.Tensor, list[dict]]:
     """Train one mask; return its final per-unit bool mask and the per-epoch history."""
-    device = hm.device
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), hm.evaluating():
-        if config.dropout:
-            hm.module.train()
-        torch.manual_seed(config.seed)
-        generator = torch.Generator(device=device).manual_seed(config.seed)
-        method = methods.get(config.method)
-        masks = MaskSet(slots, weights, method, config.init, generator, margin=config.margin)
-        optimizer = _adam(masks.logits, config.lr)
-        history: list[dict] = []
-        previous, stable = masks.hard_units(), 0
-        bar = tqdm(range(config.epochs), desc=f"mask {label}", disable=not progress, leave=False)
-        for epoch in bar:
-            beta = _beta(config, epoch)
-            task_sum = penalty_sum = torch.zeros((), device=device)
-            steps = 0
-            for inputs, targets in sub.batches(shuffle_seed=config.seed * 10_007 + epoch):
-                task, kept = _step(hm, sub, masks, optimizer, move_to(inputs, device),
-                                   targets.to(device), beta, config.l0_lambda)
-                task_sum, penalty_sum, steps = task_sum + task, penalty_sum + kept, steps + 1
-            task_loss, penalty = float(task_sum) / steps, float(penalty_sum) / steps
-            if not math.isfinite(task_loss + penalty):  # checked per epoch: no sync per step
-                raise FloatingPointError(
-                    f"mask training for {label!r} hit a non-finite loss in epoch {epoch + 1} with "
-                    f"l0_lambda={config.l0_lambda}: check the data and readout for NaN/inf, or "
-                    "lower lr / l0_lambda")
-            hard = masks.hard_units()
-            changed = int((hard != previous).sum())
-            previous = hard
-            density = _density(slots, hard)
-            history.append({"epoch": epoch + 1, "task_loss": task_loss, "penalty": penalty,
-                            "beta": beta if method.anneals else None,
-                            "density": density, "changed": changed})
-            bar.set_postfix(loss=f"{task_loss:.3f}", density=f"{density:.3f}")
-            stable = stable + 1 if changed <= _STABLE_FRACTION * int(hard.sum()) else 0
-            if config.patience and stable >= config.patience and beta >= config.stop_beta:
-                break
-        bar.close()
-    return previous, history
+    (run,) = fit_masks(hm, sub, slots, weights, [config], [label], judge=judge, progress=progress)
+    _record(timings, [run])
+    return run.units, run.history
 
 
-def _adam(logits: torch.Tensor, lr: float) -> torch.optim.Adam:
-    """Adam over the flat logits, with the fused kernel where torch has one (about half the time)."""
-    return torch.optim.Adam([logits], lr=lr, fused=logits.device.type in ("cpu", "cuda"))
-
-
-def _step(hm: HookedModel, sub: Subroutine, masks: MaskSet, optimizer: torch.optim.Optimizer,
-          inputs: Any, targets: torch.Tensor, beta: float, l0_lambda: float
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Adam step on the mask logits; returns the (detached) task loss and penalty."""
-    losses = _gradient(hm, sub, masks, inputs, targets, beta, l0_lambda)
-    optimizer.step()
-    return losses
-
-
-def _gradient(hm: HookedModel, sub: Subroutine, masks: MaskSet, inputs: Any,
-              targets: torch.Tensor, beta: float, l0_lambda: float
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward of the masked model: sets ``masks.logits.grad``; returns the
-    (detached) task loss and penalty."""
-    masked, kept = masks.masked(beta)
-    out = hm.forward_with(masked, inputs)
-    task = sub.compute_loss(sub.read(out), targets)
-    (masks.logits.grad,) = torch.autograd.grad(task + l0_lambda * kept, [masks.logits])
-    return task.detach(), kept.detach()
-
-
-def _beta(config: MaskConfig, epoch: int) -> float:
-    """β for an epoch: 1 at the first, ``beta_max`` at the last, geometric in between.
-
-    Hard-concrete gates keep their fixed temperature; for them β only marks how far along the
-    schedule training is (early stopping waits for ``stop_beta`` either way).
-    """
-    return config.beta_max ** (epoch / max(config.epochs - 1, 1))
-
-
-def _density(slots: list, units: torch.Tensor) -> float:
-    kept = sum(int(part.sum()) * s.unit_size for s, part in zip(slots, per_slot(slots, units)))
-    return kept / sum(s.n_units * s.unit_size for s in slots)
+def _record(timings: list[dict] | None, runs: list) -> None:
+    """Append each run's wall and CPU seconds (its own steps and checks) to ``timings``."""
+    if timings is not None:
+        timings += [{"step": f"mask {r.label}", "wall_s": r.wall, "cpu_s": r.cpu,
+                     "epochs": len(r.history)} for r in runs]
 
 
 # --------------------------------------------------------------------- checks
