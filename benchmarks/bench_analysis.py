@@ -74,7 +74,7 @@ def parts(n_random: int) -> None:
     """Side by side, alternating, best of two: the exact speedups alone, same results."""
     from modprobe.analysis import mask_targets
     from modprobe.pruning.batched import fit_masks
-    from modprobe.pruning.masks import layout
+    from modprobe.pruning.layout import slots as layout
 
     from modprobe.fitting import FitConfig, fit
 
@@ -98,7 +98,7 @@ def parts(n_random: int) -> None:
         return fit_masks(hm, sub, slots, weights, grid, labels, share=share, progress=False)
 
     def ablate(reuse):
-        return mp.ablation.run(hm, {name: subnet}, tests, n_random=n_random, n_boot=0,
+        return mp.ablation.run(hm, {name: subnet}, tests, n_random=n_random, n_bootstrap=0,
                                reuse_prefix=reuse, progress=False)
 
     for title, fn, same in (

@@ -10,7 +10,7 @@ import modprobe as mp
 from modprobe._prefix import Prefix
 from modprobe.pruning import MaskConfig, train_subnetworks
 from modprobe.pruning.batched import fit_masks
-from modprobe.pruning.masks import layout
+from modprobe.pruning.layout import slots as layout
 
 
 class Blocks(nn.Module):
@@ -138,7 +138,7 @@ def test_ablation_scores_are_the_same_with_a_replayed_prefix(strategy, vectorize
     hm = mp.wrap(model)
     from modprobe.ablation._evaluate import _Evaluator
     assert _Evaluator(hm, {"A": sub}, UPPER, "zero").recorded  # the prefix is in use
-    reports = [mp.ablation.run(model, {"A": subnet}, {"A": sub, "B": sub}, n_random=12, n_boot=50,
+    reports = [mp.ablation.run(model, {"A": subnet}, {"A": sub, "B": sub}, n_random=12, n_bootstrap=50,
                                strategy=strategy, reuse_prefix=reuse, vectorize=vectorize,
                                progress=False)
                for reuse in (True, False)]
