@@ -162,7 +162,7 @@ class AnalysisConfig:
     def quick(cls, seed: int = 0, **overrides: Any) -> "AnalysisConfig":
         """Small settings for demos and smoke runs (minutes on a laptop CPU): the upper half of
         the blocks masked (``mask_scope="upper"``), a shorter schedule, fewer controls."""
-        settings: dict[str, Any] = dict(seed=seed, fit=FitConfig(epochs=4, seed=seed),
+        settings: dict[str, Any] = dict(seed=seed, fit=FitConfig(epochs=6, seed=seed),
                                         mask_epochs=12, mask_lambda=(1.0, 300.0),
                                         n_random=80, complement=False,
                                         probe_cv=3, mask_scope="upper")
