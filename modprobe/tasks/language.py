@@ -79,7 +79,7 @@ def make(progress: bool = False, **options) -> Task:
                    n_heldout(len(pairs), config.frac_ood), covers,
                    "every subject and every antecedent noun in training")
     train = np.setdiff1d(pairs, held)
-    info = {"summary": "subject-verb agreement x reflexive anaphora (4 classes)",
+    info = {"summary": "subject-verb agreement and reflexive anaphora, both answered",
             "tokenizer": tokenizer_name,
             "train_combinations": [_pair_name(p) for p in train],
             "heldout_combinations": [_pair_name(p) for p in held]}

@@ -54,7 +54,7 @@ def make(progress: bool = False, **options) -> Task:
                     lambda h: _covers(np.setdiff1d(pairs, h)),
                     "every shape in training as outer and as inner shape")
     train = np.setdiff1d(pairs, held)
-    info = {"summary": "inside x contact on drawn shapes (4 classes)",
+    info = {"summary": "inside and contact on drawn shapes, both answered",
             "image_shape": [1, config.image_size, config.image_size],
             "shapes": list(SHAPES),
             "train_combinations": [_pair_name(p) for p in train],
