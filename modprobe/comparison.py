@@ -181,9 +181,12 @@ class Comparison:
         return self.report.verdict
 
     def summary(self) -> str:
-        """The verdict, every arm's task metric, and the metrics table."""
+        """The verdict, every arm's task metric and own verdict, and the metrics table."""
         arms = format_table(self.report.arms, ["arm", "seed", "task_metric", "status"])
-        lines = [self.verdict, "", arms, "", self.report.table(
+        verdicts = [f"{arm} seed {a.results['config']['seed']}: "
+                    + a.verdict.split(" The fitted model")[0]
+                    for arm, runs in zip(ARMS, (self.pretrained, self.random)) for a in runs]
+        lines = [self.verdict, "", arms, "", *verdicts, "", self.report.table(
             ["metric", "pretrained_mean", "pretrained_ci_low", "pretrained_ci_high",
              "random_mean", "random_ci_low", "random_ci_high", "difference", "ci_low", "ci_high",
              "pretrained_task_metric", "random_task_metric", "published"])]

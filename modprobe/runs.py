@@ -32,8 +32,10 @@ def load_run(directory: str | Path) -> Analysis | Comparison:
     runs = {group: [_analysis(r, root / f"{prefix}-seed{seed}")
                     for r, seed in zip(results[group], results["seeds"])]
             for group, prefix in (("pretrained", "pretrained"), ("random", "random"))}
-    report = ComparisonReport(rows=results["metrics"], seeds=results["seeds"],
-                              verdict=results["verdict"], sentences=results.get("sentences", {}))
+    report = ComparisonReport(rows=results["metrics"],
+                              seeds=results.get("compared_seeds", results["seeds"]),
+                              verdict=results["verdict"], sentences=results.get("sentences", {}),
+                              arms=results.get("arms", []))
     return Comparison(report, runs["pretrained"], runs["random"], results, root)
 
 

@@ -201,6 +201,9 @@ def test_compare_leaves_out_an_arm_that_did_not_learn_the_task(planted, tmp_path
     assert sum(line.startswith("random") and line.endswith("did not learn the task")
                for line in (line.rstrip() for line in lines)) == 2
     assert all(r.results["verdict"]["text"].startswith("cannot judge") for r in cmp.random)
+    again = mp.load_run(tmp_path)  # the comparison comes back with its arms and compared seeds
+    assert again.report.arms == cmp.report.arms and again.report.seeds == []
+    assert "random seed 1: cannot judge" in again.summary()
 
 
 def test_report_is_one_self_contained_file_with_every_figure(analysis):

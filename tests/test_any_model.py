@@ -96,7 +96,7 @@ def test_a_model_that_does_not_solve_the_task_gets_no_modularity_verdict(tmp_pat
 def test_the_fit_flag_sets_the_fit_mode(tmp_path):
     args = ["analyze", "--model", "minilm", "--task", "language", "--out", str(tmp_path)]
     quick = cli._config(cli._parser().parse_args(args + ["--fit", "as_is", "--quick"]))
-    assert quick.fit.mode == "as_is" and quick.fit.epochs == 4  # the rest of --quick kept
+    assert quick.fit.mode == "as_is" and quick.fit.epochs == 6  # the rest of --quick kept
     assert cli._config(cli._parser().parse_args(args + ["--fit", "head"])).fit.mode == "head"
     assert cli._config(cli._parser().parse_args(args)).fit.mode == "finetune"
     with pytest.raises(SystemExit):
