@@ -83,6 +83,9 @@ def compare_scalars(pretrained: Sequence[dict[str, float]], random: Sequence[dic
         raise ValueError(f"need one value per seed in both groups, got {len(pretrained)} and "
                          f"{len(random)} for {len(seeds)} seeds")
     learned = list(learned) if learned is not None else [(True, True)] * len(seeds)
+    if len(learned) != len(seeds):
+        raise ValueError(f"learned needs one (pretrained, random) pair per seed, got "
+                         f"{len(learned)} for {len(seeds)} seeds")
     arms = [{"arm": arm, "seed": seed, "task_metric": values.get("task_metric"),
              "learned": ok[i],
              "status": "learned the task" if ok[i] else "did not learn the task"}

@@ -40,3 +40,19 @@ def test_report_round_trips_through_json():
 def test_mismatched_groups_raise():
     with pytest.raises(ValueError, match="one value per seed"):
         paired_difference([1.0, 2.0], [1.0])
+
+
+def test_a_seed_where_an_arm_did_not_learn_is_left_out_and_counted():
+    report = compare_scalars([{"task_metric": 0.9, "isolation": v} for v in (0.5, 0.6, 0.55)],
+                             [{"task_metric": t, "isolation": v}
+                              for t, v in ((0.3, 0.9), (0.9, 0.1), (0.9, 0.2))],
+                             seeds=[0, 1, 2], learned=[(True, False), (True, True), (True, True)])
+    assert report.seeds == [1, 2]
+    iso = {r["metric"]: r for r in report.rows}["isolation"]
+    assert iso["n_seeds"] == 2 and iso["random_mean"] == pytest.approx(0.15)
+    assert iso["random_task_metric"] == pytest.approx(0.9)
+    assert "random-init learned it in 2 of 3 seeds" in report.verdict
+    assert [a["status"] for a in report.arms if a["arm"] == "random"] == [
+        "did not learn the task", "learned the task", "learned the task"]
+    with pytest.raises(ValueError, match="one \\(pretrained, random\\) pair per seed"):
+        compare_scalars([{"isolation": 0.5}], [{"isolation": 0.1}], seeds=[0], learned=[])
