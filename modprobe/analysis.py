@@ -554,7 +554,8 @@ def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
              fit_result: FitResult, threshold: float) -> dict[str, Any]:
     gate = competence(fit_result, threshold=threshold)
     if not gate["competent"]:
-        return {"text": gate["text"], "isolated": {e["subnetwork"]: None for e in isolation},
+        return {"text": gate["text"], "headline": gate["text"],
+                "isolated": {e["subnetwork"]: None for e in isolation},
                 "verdicts": {e["subnetwork"]: "cannot judge" for e in isolation},
                 "evidence": [], "competence": gate}
     judged = [e for e in isolation if e.get("verdict") is not None]
@@ -588,7 +589,8 @@ def _verdict(isolation: list[dict[str, Any]], probe_report: Any, label: str,
     evidence = [{"subnetwork": e["subnetwork"], "target": e["target_task"],
                  "verdict": e.get("verdict"), "effect_on_target": e["effect_target"],
                  "p_adjusted": e["p_target_adjusted"], "reason": e["reason"]} for e in isolation]
-    return {"text": text, "isolated": {e["subnetwork"]: e["isolated"] for e in isolation},
+    return {"text": text, "headline": head,
+            "isolated": {e["subnetwork"]: e["isolated"] for e in isolation},
             "verdicts": {e["subnetwork"]: e.get("verdict") for e in isolation},
             "evidence": evidence, "competence": gate}
 

@@ -187,7 +187,7 @@ class Comparison:
         """The verdict, every arm's task metric and own verdict, and the metrics table."""
         arms = format_table(self.report.arms, ["arm", "seed", "task_metric", "status"])
         verdicts = [f"{arm} seed {a.results['config']['seed']}: "
-                    + a.verdict.split(" The fitted model")[0]
+                    + a.results["verdict"].get("headline", a.verdict)
                     for arm, runs in zip(ARMS, (self.pretrained, self.random)) for a in runs]
         lines = [self.verdict, "", arms, "", *verdicts, "", self.report.table(
             ["metric", "pretrained_mean", "pretrained_ci_low", "pretrained_ci_high",

@@ -301,7 +301,9 @@ def _train(model: HookedModel, readout: Readout | None, data: Subroutine, config
         groups.append({"params": list(model.module.parameters()), "lr": config.backbone_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     train_data = dataclasses.replace(data, batch_size=config.batch_size)
-    n_batches = sum(1 for _ in train_data.batches())
+    # the schedule needs the number of steps; a constant rate without warm-up does not
+    scheduled = config.warmup > 0 or config.schedule != "constant"
+    n_batches = sum(1 for _ in train_data.batches()) if scheduled else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _rate(config, config.epochs * n_batches))
     history = []

@@ -47,7 +47,8 @@ def check_schema(results):
                                        "subnetwork_score", "ablation_score"}
     assert {"model", "subnetwork", "subnetwork_score", "ablation_score"} <= set(
         results["break_it_down"][0])
-    assert {"text", "isolated", "verdicts", "evidence"} <= set(results["verdict"])
+    assert {"text", "headline", "isolated", "verdicts", "evidence"} <= set(results["verdict"])
+    assert results["verdict"]["text"].startswith(results["verdict"]["headline"])
     stages = {"fit", "masks", "twin", "ablation", "probes"}
     assert set(results["timings"]) == stages | ({"erasure"} if results["config"]["erasure"] else set())
     for sub in results["subnetworks"].values():
