@@ -49,6 +49,7 @@ class ComparisonReport(Report):
     verdict: str
     sentences: dict[str, str] = field(default_factory=dict)
     arms: list[dict[str, Any]] = field(default_factory=list)
+    each_arm: list[dict[str, Any]] = field(default_factory=list)
 
 
 def paired_difference(pretrained: Sequence[float], random: Sequence[float]) -> dict[str, Any]:
@@ -107,17 +108,46 @@ def compare_scalars(pretrained: Sequence[dict[str, float]], random: Sequence[dic
                "published": _published(metric)}
         rows.append(row)
         sentences[metric] = _sentence(metric, row)
+    each_arm = _each_arm(pretrained, random, seeds, learned)
     counts = _counts(learned)
     if not keep:
+        alone = [_alone_sentence(r) for r in each_arm if r["metric"] == "isolation"]
         verdict = (f"Nothing to compare: no seed has both arms solving the task ({counts}). An arm "
                    "that did not learn the task has no modular structure of a working solution "
-                   "to measure.")
+                   "to measure." + "".join(f" {a}" for a in alone))
     else:
         verdict = sentences.get("isolation") or next(iter(sentences.values()),
                                                      "nothing to compare")
         verdict = f"{verdict} Compared: seeds {compared}, where both arms learned the task ({counts})."
     return ComparisonReport(rows=rows, seeds=compared, verdict=verdict, sentences=sentences,
-                            arms=arms)
+                            arms=arms, each_arm=each_arm)
+
+
+def _each_arm(pretrained: Sequence[dict[str, float]], random: Sequence[dict[str, float]],
+              seeds: Sequence[int], learned: Sequence[tuple[bool, bool]]) -> list[dict[str, Any]]:
+    """Per arm and metric: mean, sd and 95% t-interval over the seeds where that arm learned."""
+    rows = []
+    for i, (arm, runs) in enumerate(zip(ARMS, (pretrained, random))):
+        kept = [j for j, ok in enumerate(learned) if ok[i]]
+        for metric in (runs[0] if runs else {}):
+            values = [runs[j][metric] for j in kept]
+            if not values or any(v is None for v in values):
+                continue
+            low, high = _interval(values)
+            rows.append({"arm": arm, "metric": metric, "seeds": [seeds[j] for j in kept],
+                         "n_seeds": len(values), "mean": _mean(values), "sd": _sd(values),
+                         "ci_low": low, "ci_high": high})
+    return rows
+
+
+def _alone_sentence(row: dict[str, Any]) -> str:
+    """One arm's metric alone, e.g. 'The pretrained arm alone (seeds [0, 1]): isolation 0.61,
+    95% CI [0.40, 0.82].'"""
+    name = "pretrained" if row["arm"] == "pretrained" else "random-init"
+    span = ("" if row["ci_low"] is None
+            else f", 95% CI [{row['ci_low']:.3f}, {row['ci_high']:.3f}]")
+    return (f"The {name} arm alone (seeds {row['seeds']}, where it learned the task): "
+            f"{row['metric']} {row['mean']:.3f}{span}.")
 
 
 def _counts(learned: Sequence[tuple[bool, bool]]) -> str:
@@ -189,7 +219,11 @@ class Comparison:
         verdicts = [f"{arm} seed {a.results['config']['seed']}: "
                     + a.results["verdict"].get("headline", a.verdict)
                     for arm, runs in zip(ARMS, (self.pretrained, self.random)) for a in runs]
-        lines = [self.verdict, "", arms, "", *verdicts, "", self.report.table(
+        alone = ["", "each arm alone, over the seeds where it learned the task (not a comparison):",
+                 format_table(self.report.each_arm,
+                              ["arm", "metric", "n_seeds", "mean", "ci_low", "ci_high"])
+                 ] if self.report.each_arm and not self.report.seeds else []
+        lines = [self.verdict, "", arms, "", *verdicts, *alone, "", self.report.table(
             ["metric", "pretrained_mean", "pretrained_ci_low", "pretrained_ci_high",
              "random_mean", "random_ci_low", "random_ci_high", "difference", "ci_low", "ci_high",
              "pretrained_task_metric", "random_task_metric", "published"])]
@@ -234,7 +268,7 @@ def compare(model: Any, task: Any, seeds: Sequence[int] = (0, 1, 2),
                              learned)
     results = {"schema_version": SCHEMA_VERSION, "kind": "comparison", "versions": package_versions(),
                "config": config.to_dict(), "seeds": list(seeds), "compared_seeds": report.seeds,
-               "arms": report.arms, "metrics": report.rows,
+               "arms": report.arms, "each_arm": report.each_arm, "metrics": report.rows,
                "verdict": report.verdict, "sentences": report.sentences,
                "pretrained": [a.results for a in pretrained],
                "random": [a.results for a in random]}

@@ -188,6 +188,14 @@ def _comparison_sections(res: dict[str, Any]) -> list[tuple[str, str]]:
     listing = "".join(f"<li>{html.escape(t)}</li>" for t in others)
     sections = [("Verdict", f'<div class="verdict">{html.escape(res["verdict"])}</div>'
                  + (f"<ul>{listing}</ul>" if listing else "") + _table(res["metrics"]))]
+    if res.get("arms"):
+        sections.append(("Every arm and seed", _table(res["arms"])))
+    if res.get("each_arm") and not res.get("compared_seeds"):
+        sections.append(("Each arm alone (not a comparison)",
+                         "<p>Mean and 95% t-interval over the seeds where that arm learned the "
+                         "task; the seeds may differ between arms.</p>"
+                         + _table([{k: v for k, v in r.items() if k != "seeds"}
+                                   for r in res["each_arm"]])))
     fig = _comparison_figure(res)
     if fig is not None:
         sections.append(("Pretrained versus random init", _div(fig)))

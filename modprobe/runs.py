@@ -35,7 +35,8 @@ def load_run(directory: str | Path) -> Analysis | Comparison:
     report = ComparisonReport(rows=results["metrics"],
                               seeds=results.get("compared_seeds", results["seeds"]),
                               verdict=results["verdict"], sentences=results.get("sentences", {}),
-                              arms=results.get("arms", []))
+                              arms=results.get("arms", []),
+                              each_arm=results.get("each_arm", []))
     return Comparison(report, runs["pretrained"], runs["random"], results, root)
 
 

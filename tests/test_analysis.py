@@ -205,6 +205,16 @@ def test_compare_leaves_out_an_arm_that_did_not_learn_the_task(planted, tmp_path
     again = mp.load_run(tmp_path)  # the comparison comes back with its arms and compared seeds
     assert again.report.arms == cmp.report.arms and again.report.seeds == []
     assert "random seed 1: cannot judge" in again.summary()
+    # each arm alone: the pretrained arm learned in both seeds, so it has an isolation interval;
+    # the twins learned in none, so they have no row
+    alone = {(r["arm"], r["metric"]): r for r in cmp.report.each_arm}
+    iso = alone[("pretrained", "isolation")]
+    assert iso["seeds"] == [0, 1] and iso["ci_low"] <= iso["mean"] <= iso["ci_high"]
+    assert not any(arm == "random" for arm, _ in alone)
+    assert "The pretrained arm alone (seeds [0, 1]" in cmp.verdict and "95% CI" in cmp.verdict
+    assert "each arm alone" in cmp.summary()
+    assert again.report.each_arm == cmp.report.each_arm
+    assert "Each arm alone (not a comparison)" in (tmp_path / "report.html").read_text()
 
 
 def test_report_is_one_self_contained_file_with_every_figure(analysis):

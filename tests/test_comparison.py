@@ -54,5 +54,9 @@ def test_a_seed_where_an_arm_did_not_learn_is_left_out_and_counted():
     assert "random-init learned it in 2 of 3 seeds" in report.verdict
     assert [a["status"] for a in report.arms if a["arm"] == "random"] == [
         "did not learn the task", "learned the task", "learned the task"]
+    alone = {(r["arm"], r["metric"]): r for r in report.each_arm}
+    assert alone[("random", "isolation")]["seeds"] == [1, 2]  # the seed it did not learn is out
+    assert alone[("pretrained", "isolation")]["n_seeds"] == 3
+    assert alone[("pretrained", "isolation")]["mean"] == pytest.approx(0.55)
     with pytest.raises(ValueError, match="one \\(pretrained, random\\) pair per seed"):
         compare_scalars([{"isolation": 0.5}], [{"isolation": 0.1}], seeds=[0], learned=[])
