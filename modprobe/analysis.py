@@ -47,7 +47,7 @@ _CONSTRAINTS = {
     "validation_fraction": _validate.Real(0, 1, high_open=True), "progress": _validate.Bool(),
     "twin_check": _validate.Bool(), "erasure": _validate.Bool(),
     "erasure_random": _validate.Int(1), "mask_scope": _validate.OneOf(("all", "upper")),
-    "reuse_activations": _validate.Bool(),
+    "reuse_activations": _validate.Bool(), "stop_unless_learned": _validate.Bool(none=True),
 }
 # Flat keywords that set one field of a nested stage config: {shorthand: (stage, field)}.
 SHORTHANDS = {
@@ -100,6 +100,11 @@ class AnalysisConfig:
     tensors chosen are stated in ``results["mask_targets"]`` and the summary.
     ``reuse_activations``: mask training and ablation run the layers below the first masked
     tensor once per batch and replay them (identical results; see :mod:`modprobe._prefix`).
+    ``stop_unless_learned``: when the fitted model does not pass the task's competence gate,
+    stop after stage 1: no masks, ablations or probes are computed (their parts of the results
+    are empty, ``results["stopped"]`` says why). ``None`` (default): stop in
+    :func:`modprobe.compare`, whose comparison leaves such an arm out anyway, and analyse
+    everything in :func:`analyze`.
     """
 
     seed: int = 0
@@ -115,6 +120,7 @@ class AnalysisConfig:
     validation_fraction: float = pruning.config.HOLDOUT
     mask_scope: str = "all"
     reuse_activations: bool = True
+    stop_unless_learned: bool | None = None
     progress: bool = True
 
     def __init__(self, **settings: Any) -> None:
@@ -256,6 +262,11 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
                    if config.twin_check and not (store and store.done("twin.json")) else None)
     with _timed(timings, "fit"):
         fitted, readout, fit_result = _fit_stage(hm, task, config, store)
+    gate = competence(fit_result, threshold=task.competence_threshold)
+    if config.stop_unless_learned is True and not gate["competent"]:
+        log.info("the fitted model did not learn the task: stopping after stage 1")
+        return _finish(store, out, _stopped_results(hm, task, config, label, fit_result, gate),
+                       {}, timings, targets)
 
     def with_head(sub: Subroutine) -> Subroutine:
         """The fitted head reads every subroutine, unless the task gave it its own readout."""
@@ -314,6 +325,13 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     for stage, rows in steps.items():
         if rows and stage in timings:
             timings[stage]["steps"] = rows
+    return _finish(store, out, results, subnetworks, timings, targets)
+
+
+def _finish(store: "_Store | None", out: str | Path | None, results: dict[str, Any],
+            subnetworks: dict[str, Any], timings: dict[str, Any],
+            targets: dict[str, Any]) -> Analysis:
+    """Add the timings and mask targets, write results.json and the report, return the Analysis."""
     results["timings"] = timings
     results["mask_targets"] = targets
     analysis = Analysis(results, subnetworks, Path(out) if out is not None else None)
@@ -516,7 +534,8 @@ def _results(hm: HookedModel, task: Any, config: AnalysisConfig, label: str, fit
     decod = probe_report.decodability_of(label) if probe_report.rows else None
     bid = ablation.break_it_down_scores(ablation_report.rows)
     scalars = {"task_metric": fit_result.test,
-               "density": sum(s.density for s in subnetworks.values()) / len(subnetworks),
+               "density": (sum(s.density for s in subnetworks.values()) / len(subnetworks)
+                           if subnetworks else None),
                "isolation": isolation, "decodability": decod,
                "subnetwork_score": ablation.mean_score(bid, "subnetwork_score"),
                "ablation_score": ablation.mean_score(bid, "ablation_score")}
@@ -533,6 +552,19 @@ def _results(hm: HookedModel, task: Any, config: AnalysisConfig, label: str, fit
         "verdict": _verdict(ablation_report.isolation, probe_report, label, fit_result,
                             task.competence_threshold),
     }
+
+
+def _stopped_results(hm: HookedModel, task: Any, config: AnalysisConfig, label: str,
+                     fit_result: FitResult, gate: dict[str, Any]) -> dict[str, Any]:
+    """The results of an analysis stopped after stage 1 (``stop_unless_learned``): the fit and
+    the competence verdict, with empty masks, ablation and probes."""
+    results = _results(hm, task, config, label, fit_result, {}, ablation.AblationReport(rows=[]),
+                       probes.ProbeReport(rows=[]))
+    results["stopped"] = ("the fitted model did not learn the task (competence gate), so no "
+                          "masks, ablations or probes were computed (stop_unless_learned)")
+    results["verdict"]["text"] += " Stopped after stage 1: " + results["stopped"] + "."
+    results["twin_check"] = {}
+    return results
 
 
 def _isolation_scalar(isolation: list[dict[str, Any]]) -> float | None:

@@ -102,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--scratch-stop-at", type=float, default=None,
                          help="stop training a twin once 10%% of its training data held out "
                          "score this (default 0.98)")
+    compare.add_argument("--analyze-unlearned", action="store_true",
+                         help="run every stage on an arm that did not learn the task too "
+                         "(default: its analysis stops after the fit, since the comparison "
+                         "leaves it out)")
     report = sub.add_parser("report", help="re-render report.html from a run's results.json")
     report.add_argument("run", type=Path, help="a directory holding results.json")
     demo = sub.add_parser("demo", help="the bundled MiniLM vs its random-init twin (minutes)")
@@ -248,6 +252,8 @@ def _config(args: argparse.Namespace) -> Any:
     if scratch:
         config = dataclasses.replace(config,
                                      scratch_fit=dataclasses.replace(config.scratch_fit, **scratch))
+    if getattr(args, "analyze_unlearned", False):
+        config = dataclasses.replace(config, stop_unless_learned=False)
     return config
 
 

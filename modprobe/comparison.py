@@ -239,7 +239,8 @@ def compare(model: Any, task: Any, seeds: Sequence[int] = (0, 1, 2),
     The pretrained model is fitted with ``config.fit``, the twin trained from scratch with
     ``config.scratch_fit`` (seeded with s); the rest of the analysis is the same for both with
     seed s. Seeds where either arm did not learn the task are reported and left out of the
-    comparison. ``task``: a Task (used for every seed) or a family name (built per seed). Each
+    comparison; unless ``config.stop_unless_learned`` is False, such an arm's analysis stops after
+    its fit. ``task``: a Task (used for every seed) or a family name (built per seed). Each
     run is saved under ``out/pretrained-seed{s}`` and ``out/random-seed{s}`` and resumes there;
     the comparison is written to ``out/results.json`` and ``out/report.html``.
     """
@@ -249,6 +250,8 @@ def compare(model: Any, task: Any, seeds: Sequence[int] = (0, 1, 2),
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {list(seeds)} repeat a seed: each seed is one run")
     config = config or AnalysisConfig()
+    if config.stop_unless_learned is None:  # an arm that did not learn is left out: skip its stages
+        config = dataclasses.replace(config, stop_unless_learned=True)
     for seed in seeds:  # every per-seed configuration is checked before the first run
         dataclasses.replace(config, seed=seed)
     hm = load_model(model)

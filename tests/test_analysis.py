@@ -202,6 +202,12 @@ def test_compare_leaves_out_an_arm_that_did_not_learn_the_task(planted, tmp_path
     assert sum(line.startswith("random") and line.endswith("did not learn the task")
                for line in (line.rstrip() for line in lines)) == 2
     assert all(r.results["verdict"]["text"].startswith("cannot judge") for r in cmp.random)
+    for twin in cmp.random:  # an arm that did not learn stops after its fit
+        assert "stopped" in twin.results and twin.results["subnetworks"] == {}
+        assert twin.results["ablation"]["rows"] == [] and twin.results["probes"]["rows"] == []
+        assert set(twin.results["timings"]) == {"fit"}
+        assert "Stopped after stage 1" in twin.verdict
+    assert all("stopped" not in p.results for p in cmp.pretrained)
     again = mp.load_run(tmp_path)  # the comparison comes back with its arms and compared seeds
     assert again.report.arms == cmp.report.arms and again.report.seeds == []
     assert "random seed 1: cannot judge" in again.summary()
