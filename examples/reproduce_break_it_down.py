@@ -21,13 +21,11 @@ import dataclasses
 from pathlib import Path
 
 import pandas as pd
-import torch
-from torch import nn
 
 import modprobe as mp
 from modprobe._io import write_text
 from modprobe._results import format_table
-from modprobe.demo import demo_config
+from modprobe.demo import demo_config, pretrained_shape_cnn, vision_config
 from modprobe.fitting import FitConfig
 
 METRICS = ("subnetwork_score", "ablation_score", "isolation", "task_metric")
@@ -46,50 +44,15 @@ def language(out: Path, seeds: tuple[int, ...], quick: bool) -> mp.comparison.Co
     return mp.compare(model, task, seeds=seeds, out=out / "language", config=config)
 
 
-def pretrained_cnn(size: int, quick: bool) -> nn.Module:
-    """A CNN pretrained to name both shapes of a scene (outer x inner, 9 classes) on images of
-    other seeds than the comparison's; its classifier is dropped, so the fitted head reads its
-    pooled features."""
-    source = mp.tasks.load("vision", seed=1000, n_train=8, n_test=256 if quick else 3072,
-                           image_size=size)
-    x = source.constituents.inputs
-    labels = source.constituents.labels
-    y = labels["outer_shape"] * 3 + labels["inner_shape"]
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 9))
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    for epoch in range(2 if quick else 25):
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
-        for i in range(0, len(y), 64):
-            idx = order[i:i + 64]
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        accuracy = float((net.eval()(x).argmax(-1) == y).float().mean())
-    print(f"vision pretraining (outer x inner shape, 9 classes): train accuracy {accuracy:.3f}")
-    net[-1] = nn.Identity()
-    return net.eval()
-
-
 def vision(out: Path, seeds: tuple[int, ...], quick: bool) -> mp.comparison.Comparison:
     size = 32
     task = mp.tasks.load("vision", seed=0, image_size=size,
                          **(dict(n_train=128, n_test=64) if quick else dict(n_train=2048,
                                                                              n_test=256)))
-    fit = FitConfig(epochs=2 if quick else 15, lr=3e-3, backbone_lr=1e-3)
-    config = mp.AnalysisConfig(
-        fit=fit, scratch_fit=FitConfig.scratch(lr=3e-3, backbone_lr=3e-3, epochs=2 if quick else 60,
-                                               stop_at=0.95, batch_size=64),
-        mask_params=("*.weight",), mask_epochs=4 if quick else 20, mask_lambda=(1.0, 10.0),
-        n_random=20 if quick else 80, complement=False, probe_cv=2 if quick else 3,
-        twin_check=not quick, max_rounds=2 if quick else 8)
-    return mp.compare(pretrained_cnn(size, quick), task, seeds=seeds, out=out / "vision",
-                      config=config)
+    config = (vision_config(epochs=2, scratch_epochs=2, mask_epochs=4, n_random=20, probe_cv=2,
+                            twin_check=False, max_rounds=2) if quick else vision_config())
+    cnn = pretrained_shape_cnn(size, n_images=256 if quick else 3072, epochs=2 if quick else 25)
+    return mp.compare(cnn, task, seeds=seeds, out=out / "vision", config=config)
 
 
 def table(part: str, comparison: mp.comparison.Comparison) -> list[dict]:

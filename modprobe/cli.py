@@ -305,7 +305,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        print(run_demo(args.out, seeds=tuple(args.seeds)).summary())
+        for part, comparison in run_demo(args.out, seeds=tuple(args.seeds)).items():
+            print(f"\n===== {part} =====\n{comparison.summary()}")
         return 0
     config = _config(args)  # settings first: a bad --seed is reported before any loading
     model = _load(args)
