@@ -245,7 +245,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     mask_config = config.mask.replace(params=targets["params"],
                                       share_prefix=config.reuse_activations)
     _check_inputs(hm, task, config, label)
-    store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
+    store = (_Store(Path(out), fingerprint(hm, task, config, mask_config, label))
              if out is not None else None)
 
     timings: dict[str, dict[str, Any]] = {}
@@ -725,7 +725,7 @@ class _Store:
             save(value, target)
 
 
-def _fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig,
+def fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig,
                  mask_config: pruning.MaskConfig, label: str) -> str:
     """sha256 of the model's content (every parameter's and buffer's name, dtype, shape and
     bytes), the task and every setting, including the pruning defaults the config leaves open."""

@@ -251,8 +251,9 @@ def _config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _task(name: str, seed: int, quick: bool, model: Any = None) -> Any:
-    """Task family ``name``; a tokenized family uses ``model``'s own tokenizer."""
+def load_task(name: str, seed: int, quick: bool, model: Any = None) -> Any:
+    """Task family ``name`` as the CLI builds it (``quick``: 384 training and 128 test
+    examples); a tokenized family uses ``model``'s own tokenizer."""
     from . import tasks
 
     if name not in tasks.names():
@@ -303,7 +304,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     config = _config(args)  # settings first: a bad --seed is reported before any loading
     model = _load(args)
-    task = _task(args.task, args.seed, args.quick, model)
+    task = load_task(args.task, args.seed, args.quick, model)
     if args.command == "analyze":
         from .analysis import analyze
 

@@ -29,8 +29,8 @@ import torch
 
 from .._results import Report
 from .._stats import adjust_pvalues
-from ..ablation._evaluate import _Task
-from ..ablation._stats import _empirical_p, _interval
+from ..ablation._evaluate import EvalData
+from ..ablation._stats import empirical_p, percentile_interval
 from ..models import HookedModel, wrap
 from ..subroutine import as_subroutine
 from .activations import check_hooks, collect, default_hooks
@@ -150,7 +150,8 @@ def erasure_effects(model: Any, subroutines: Mapping[str, Any], constituents: An
     hm = wrap(model)
     hooks = check_hooks(hm, list(hooks) if hooks is not None else default_hooks(hm))
     feats = _features(hm, hooks, constituents.inputs, pooling, batch_size)
-    tasks = {name: _Task(as_subroutine(sub), hm.device, None) for name, sub in subroutines.items()}
+    tasks = {name: EvalData(as_subroutine(sub), hm.device, None)
+             for name, sub in subroutines.items()}
     gen = torch.Generator().manual_seed(seed)
     boot = {name: torch.randint(len(t.targets), (n_bootstrap, len(t.targets)), generator=gen)
             for name, t in tasks.items()}
@@ -187,15 +188,15 @@ def _row(name, hook, constituent, rank, task, full, out, rand, boot, level) -> d
     else:
         erased_boot = np.array([task.score(out, idx) for idx in boot])
         rand_boot = np.array([[task.score(r, idx) for r in rand] for idx in boot]).mean(1)
-    low, high = _interval(erased_boot, level)
-    effect_low, effect_high = _interval(rand_boot - erased_boot, level)
+    low, high = percentile_interval(erased_boot, level)
+    effect_low, effect_high = percentile_interval(rand_boot - erased_boot, level)
     return dict(subroutine=name, hook=hook, constituent=constituent, rank=rank,
                 metric=task.sub.metric_name, full=task.score(full), erased=erased_value,
                 erased_ci_low=low, erased_ci_high=high, random_mean=float(rand_values.mean()),
                 random_sd=float(rand_values.std(ddof=1)) if len(rand) > 1 else None,
                 effect=float(rand_values.mean() - erased_value), ci_low=effect_low,
                 ci_high=effect_high, p_value=_prediction_p(erased_value, rand_values),
-                p_empirical=_empirical_p(erased_value, rand_values),
+                p_empirical=empirical_p(erased_value, rand_values),
                 n_random=len(rand), n_examples=len(task.targets))
 
 
@@ -214,7 +215,7 @@ def _prediction_p(observed: float, null: np.ndarray) -> float:
     return float(stats.t.sf(effect / sd, df=n - 1))
 
 
-def _readouts(hm: HookedModel, task: _Task, erasure: Erasure | None = None) -> torch.Tensor:
+def _readouts(hm: HookedModel, task: EvalData, erasure: Erasure | None = None) -> torch.Tensor:
     with contextlib.ExitStack() as stack:
         stack.enter_context(hm.evaluating())
         stack.enter_context(torch.no_grad())

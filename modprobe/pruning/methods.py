@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .layout import Slot, scaled_weights
-from .masks import _chunks, _ContinuousMasking
+from .masks import ContinuousMasking, gate_chunks
 
 if TYPE_CHECKING:
     from .config import MaskConfig
@@ -136,10 +136,10 @@ class Continuous(MaskMethod):
         masks._gate = torch.empty_like(masks._keep)  # min(1, r·keep)
         masks._open = torch.empty_like(masks._keep)  # 1.0 where gate < 1 (bool ops are slow)
         masks._grad = torch.empty_like(masks._keep)
-        masks._chunks = _chunks(masks.slots)
+        masks._chunks = gate_chunks(masks.slots)
 
     def gates(self, masks: "MaskSet", beta: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        *masked, kept = _ContinuousMasking.apply(masks.logits, beta, masks)
+        *masked, kept = ContinuousMasking.apply(masks.logits, beta, masks)
         return {s.name: w for s, w in zip(masks.slots, masked)}, kept
 
 
