@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .ablation import STRATEGIES
-from .probes import MEASURES, POOLINGS
+from .probes import POOLINGS, measures
 from .pruning import methods
 from .pruning.layout import GRANULARITIES
 
@@ -75,9 +75,12 @@ def _parser() -> argparse.ArgumentParser:
                        "sufficient subnetwork only")
         p.add_argument("--max-rounds", type=int, default=None,
                        help="most subnetworks the necessity search peels (default 8)")
-        p.add_argument("--probe-measure", nargs="+", choices=MEASURES, default=None,
-                       help="what the probes report: accuracy (always) and mdl (online "
-                       "codelength; default: both)")
+        p.add_argument("--probe-measure", nargs="+", choices=measures.names(), default=None,
+                       metavar="MEASURE",
+                       help="what the probes report, among " + ", ".join(measures.names())
+                       + ": accuracy (always reported), mdl (online codelength) or a measure "
+                       "registered with modprobe.probes.measures.register (default: accuracy "
+                       "and mdl)")
         p.add_argument("--probe-pooling", choices=POOLINGS, default=None,
                        help="how a sequence becomes the probes' features (default mean)")
         p.add_argument("--probe-hooks", nargs="+", default=None, metavar="HOOK",

@@ -310,6 +310,67 @@ def test_same_seed_same_report_other_seed_other_folds():
     assert run[0] != run[2]
 
 
+# ----------------------------------------------------------------- measures
+class _Majority(mp.probes.ProbeMeasure):
+    """A toy measure: the share of the majority class (None for continuous constituents)."""
+
+    name, columns, table = "majority_share", ("majority_share",), ("majority_share",)
+
+    def measure(self, batch):
+        share = [float(torch.bincount(y).max()) / len(y) if batch.discrete else None
+                 for y in batch.real]
+        return [[{"majority_share": s} for s in share] for _ in batch.hooks]
+
+
+@pytest.fixture
+def majority():
+    measure = mp.probes.measures.register(_Majority())
+    yield measure
+    mp.probes.measures.unregister(measure.name)
+
+
+def test_a_registered_measure_adds_its_column_to_every_row(majority):
+    from modprobe.cli import _parser
+
+    n = 120
+    y, z = torch.arange(n) % 4 == 0, torch.randn(n, generator=_gen(2)).double()
+    model = _noise_with_code(n, 8, y.long(), planted=0, n_layers=2, strength=1.0)
+    report = decodability(model, torch.arange(n), {"y": y, "z": z},
+                          measure="majority_share", **FAST)
+    assert report.configs["model"]["measure"] == ("accuracy", "majority_share")
+    shares = {(r["hook"], r["constituent"]): r["majority_share"] for r in report.rows}
+    assert set(shares) == {(h, c) for h in ("input", "layers.0", "layers.1") for c in "yz"}
+    assert all(shares[h, "y"] == 0.75 and shares[h, "z"] is None for h, _ in shares)
+    assert all(r["accuracy"] is not None for r in report.rows)  # always reported beside it
+    assert "majority_share" in report.to_dataframe().columns
+    assert "majority_share" in report.table().splitlines()[0]
+    args = _parser().parse_args(["analyze", "--model", "m", "--task", "symbolic", "--out", "x",
+                                 "--probe-measure", "majority_share"])
+    assert args.probe_measure == ["majority_share"]
+
+
+def test_measures_are_checked_by_name_and_by_what_they_return(majority):
+    with pytest.raises(ValueError, match=r"unknown measures \['nope'\].*register one"):
+        ProbeConfig(measure="nope")
+    with pytest.raises(ValueError, match="registered already"):
+        mp.probes.measures.register(_Majority())
+
+    class Flat(_Majority):
+        name = "flat"
+
+        def measure(self, batch):
+            return [{"flat": 1.0}]
+
+    mp.probes.measures.register(Flat())
+    try:
+        with pytest.raises(TypeError, match="'flat' must return one dict of columns per hook"):
+            decodability(Stored([torch.randn(30, 4)]), torch.arange(30),
+                         {"y": torch.arange(30) % 2}, measure="flat", **FAST)
+    finally:
+        mp.probes.measures.unregister("flat")
+    assert "flat" not in mp.probes.measures.names()
+
+
 # ----------------------------------------------------------------- statistics
 def test_permutation_pvalue_separates_informative_from_unrelated_predictions():
     rng = np.random.default_rng(0)

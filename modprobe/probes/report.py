@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .._results import Report, format_table
+from . import measures
 from .activations import INPUT
 
 _TABLE = ("model", "hook", "constituent", "metric", "accuracy", "ci_low", "ci_high",
@@ -67,8 +68,13 @@ class ProbeReport(Report):
         return cls([dict(r) for report in reports for r in report.rows], configs)
 
     def table(self, columns: Sequence[str] | None = None, max_rows: int = 40) -> str:
+        """A terminal table; by default the columns of ``_TABLE`` and of each registered
+        measure's ``table`` that hold a value in some row."""
         if columns is None:
-            columns = [c for c in _TABLE if any(r.get(c) is not None for r in self.rows)]
+            shown = dict.fromkeys(_TABLE)
+            for name in measures.names():
+                shown.update(dict.fromkeys(measures.get(name).table))
+            columns = [c for c in shown if any(r.get(c) is not None for r in self.rows)]
             if len(self.models) == 1:
                 columns.remove("model")
         return format_table(self.rows, columns, max_rows)
