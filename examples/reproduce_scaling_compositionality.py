@@ -35,9 +35,9 @@ def deep_probes(table, probes):
     strengths = probes[probes["constituent"].str.startswith("strength_")]
     deepest = [h for h in strengths["hook"].unique() if h != "input"][-1]
     out = table[["cell", *KEYS, "seed", "config.fit.finetune", "fit.test", "fit.heldout"]].copy()
-    for name, hook, column in (("deep_r2", deepest, "accuracy"),
-                               ("transfer_r2", deepest, "heldout_accuracy"),
-                               ("input_r2", "input", "accuracy")):
+    for name, hook, column in (("deep_r2", deepest, "score"),
+                               ("transfer_r2", deepest, "heldout_score"),
+                               ("input_r2", "input", "score")):
         means = strengths[strengths["hook"] == hook].groupby("cell")[column].mean()
         out[name] = out["cell"].map(means)
     return out, deepest

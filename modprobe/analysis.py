@@ -59,8 +59,8 @@ SHORTHANDS = {
     "strategy": ("ablation", "strategy"), "verdict_rules": ("ablation", "rules"),
     "probe_cv": ("probe", "cv"), "probe_measure": ("probe", "measure"),
 }
-# The analysis probes report MDL besides accuracy by default.
-_PROBE = probes.ProbeConfig(measure=("accuracy", "mdl"))
+# The analysis probes report MDL besides the score by default.
+_PROBE = probes.ProbeConfig(measure=("score", "mdl"))
 
 
 @dataclass(frozen=True, init=False)
@@ -605,31 +605,60 @@ _RESULTS_KEYS = {
 def read_results(path: str | Path) -> dict[str, Any]:
     """A results.json (of an analysis or a comparison), checked: parseable, a schema version this
     modprobe reads, a known ``kind`` and every key the report needs; errors name the path.
-    A version 2 file is returned in the version 3 vocabulary (see :func:`_upgrade`)."""
-    results = _validate.read_json(path, kind=tuple(_RESULTS_KEYS), versions=(2, SCHEMA_VERSION))
+    An older file is returned in the current vocabulary (see :func:`upgrade_results`)."""
+    results = _validate.read_json(path, kind=tuple(_RESULTS_KEYS), versions=_READABLE)
     _check_results(results, str(path))
-    return _upgrade(results)
+    return upgrade_results(results)
 
 
+_READABLE = (2, 3, SCHEMA_VERSION)  # results.json versions read_results reads
 # Version 2 names that version 3 renamed, per part of an analysis' results.
 _RENAMED = {"p_holm": "p_adjusted", "p_target_holm": "p_target_adjusted",
             "n_boot": "n_bootstrap"}
+# Version 3 probe row columns that version 4 renamed.
+_RENAMED_PROBE = {"accuracy": "score", "control_accuracy": "control_score",
+                  "heldout_accuracy": "heldout_score"}
 
 
-def _upgrade(results: dict[str, Any]) -> dict[str, Any]:
-    """A version 2 results dict in the version 3 vocabulary: ablation rows, isolation entries,
-    verdict evidence and erasure rows say ``p_adjusted`` (was ``p_holm``), ablation and erasure
-    configs ``n_bootstrap`` (was ``n_boot``), probe rows name their model in ``model`` (was
-    ``condition``). The ``config`` keeps its version 2 (flat) layout."""
-    if results.get("schema_version") != 2:
+def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:
+    """An analysis' or comparison's results dict of an older schema version in the current
+    vocabulary (a copy; a current one, or one of a version it does not know, is returned as it
+    is: :func:`read_results` refuses those).
+
+    Version 2 to 3: ablation rows, isolation entries, verdict evidence and erasure rows say
+    ``p_adjusted`` (was ``p_holm``), ablation and erasure configs ``n_bootstrap`` (was
+    ``n_boot``), probe rows name their model in ``model`` (was ``condition``); the ``config``
+    keeps its version 2 (flat) layout. Version 3 to 4: probe rows say ``score``,
+    ``control_score`` and ``heldout_score`` (were ``accuracy``, ``control_accuracy`` and
+    ``heldout_accuracy``) and the probe configs name the measure ``"score"`` (was
+    ``"accuracy"``)."""
+    version = results.get("schema_version")
+    if version == SCHEMA_VERSION or version not in _READABLE:
         return results
     results = copy.deepcopy(results)
     results["schema_version"] = SCHEMA_VERSION
     if results["kind"] == "comparison":
         for group in ("pretrained", "random"):
-            results[group] = [_upgrade(run) for run in results[group]]
+            results[group] = [upgrade_results(run) for run in results[group]]
         return results
+    if version == 2:
+        _from_version_2(results)
+    _from_version_3(results)
+    return results
 
+
+def _from_version_3(results: dict[str, Any]) -> None:
+    probe_part = results.get("probes") or {}
+    probe_part["rows"] = [{_RENAMED_PROBE.get(k, k): v for k, v in row.items()}
+                          for row in probe_part.get("rows", [])]
+    configs = list((probe_part.get("configs") or {}).values())
+    configs.append((results.get("config") or {}).get("probe"))  # nested since version 3
+    for config in configs:
+        if isinstance(config, dict) and isinstance(config.get("measure"), list):
+            config["measure"] = ["score" if m == "accuracy" else m for m in config["measure"]]
+
+
+def _from_version_2(results: dict[str, Any]) -> None:
     def renamed(entry: dict[str, Any]) -> dict[str, Any]:
         return {_RENAMED.get(k, k): v for k, v in entry.items()}
 
@@ -645,7 +674,6 @@ def _upgrade(results: dict[str, Any]) -> dict[str, Any]:
     if "erasure" in results:
         results["erasure"]["rows"] = [renamed(r) for r in results["erasure"].get("rows", [])]
         results["erasure"]["config"] = renamed(results["erasure"].get("config") or {})
-    return results
 
 
 def _check_results(results: Any, where: str) -> None:

@@ -14,6 +14,8 @@ from .probes import POOLINGS, measures
 from .pruning import methods
 from .pruning.layout import GRANULARITIES
 
+log = logging.getLogger(__name__)
+
 _EXAMPLES = """examples:
   modprobe demo                                            # MiniLM vs random init, language task
   modprobe analyze --model minilm --task language --out runs/x --quick
@@ -75,12 +77,12 @@ def _parser() -> argparse.ArgumentParser:
                        "sufficient subnetwork only")
         p.add_argument("--max-rounds", type=int, default=None,
                        help="most subnetworks the necessity search peels (default 8)")
-        p.add_argument("--probe-measure", nargs="+", choices=measures.names(), default=None,
-                       metavar="MEASURE",
+        p.add_argument("--probe-measure", nargs="+", default=None, metavar="MEASURE",
+                       choices=measures.names() + tuple(_RENAMED_VALUES["probe_measure"]),
                        help="what the probes report, among " + ", ".join(measures.names())
-                       + ": accuracy (always reported), mdl (online codelength) or a measure "
-                       "registered with modprobe.probes.measures.register (default: accuracy "
-                       "and mdl)")
+                       + ": score (accuracy, or R² for continuous constituents; always "
+                       "reported), mdl (online codelength) or a measure registered with "
+                       "modprobe.probes.measures.register (default: score and mdl)")
         p.add_argument("--probe-pooling", choices=POOLINGS, default=None,
                        help="how a sequence becomes the probes' features (default mean)")
         p.add_argument("--probe-hooks", nargs="+", default=None, metavar="HOOK",
@@ -226,9 +228,29 @@ _SHORTHAND_OPTIONS = {"n_random": "n_random", "strategy": "strategy", "mask_meth
                       "probe_measure": "probe_measure"}
 
 
+# Old option values still accepted, each with a warning naming its new value:
+# {option dest: {old: new}}.
+_RENAMED_VALUES = {"probe_measure": {"accuracy": "score"}}
+
+
+def _renamed_values(args: argparse.Namespace) -> None:
+    """Old option values replaced by their new names in ``args``, each with a warning."""
+    for dest, names in _RENAMED_VALUES.items():
+        value = getattr(args, dest, None)
+        values = value if isinstance(value, list) else [value]
+        for old, new in names.items():
+            if old in values:
+                log.warning("--%s %s is deprecated; use --%s %s", dest.replace("_", "-"), old,
+                            dest.replace("_", "-"), new)
+                values = [new if v == old else v for v in values]
+        if value is not None:
+            setattr(args, dest, values if isinstance(value, list) else values[0])
+
+
 def _config(args: argparse.Namespace) -> Any:
     from .analysis import AnalysisConfig
 
+    _renamed_values(args)
     overrides: dict[str, Any] = {
         short: tuple(value) if isinstance(value, list) else value
         for dest, short in _SHORTHAND_OPTIONS.items()

@@ -112,8 +112,9 @@ def _analysis_sections(res: dict[str, Any], prefix: str) -> list[tuple[str, str]
          "Each point is one random mask with the same number of weights per tensor; the diamond is "
          "the targeted ablation."),
         ("Probe selectivity", _probe_figure,
-         "Linear decodability of each constituent at each hook point: accuracy (or R²) minus the "
-         "control task's."),
+         "Linear decodability of each constituent at each hook point: the probe's score "
+         "(accuracy, or R² for continuous constituents) minus the control task's; in brackets: "
+         "the score."),
         ("Probe compression (MDL)", _mdl_figure,
          "Online-code compression of each constituent's labels at each hook point: uniform "
          "codelength / online codelength (1 = no better than the uniform code; in brackets: "
@@ -340,7 +341,7 @@ def _random_distribution_figure(res: dict[str, Any]) -> go.Figure | None:
 
 
 def _probe_figure(res: dict[str, Any]) -> go.Figure | None:
-    return _probe_heatmap(res, "selectivity", "accuracy")
+    return _probe_heatmap(res, "selectivity", "score")
 
 
 def _mdl_figure(res: dict[str, Any]) -> go.Figure | None:

@@ -37,8 +37,8 @@ def analysis(planted, tmp_path_factory):
 
 
 def check_schema(results):
-    """The documented results.json schema, version 3 (README: 'results.json')."""
-    assert results["schema_version"] == 3 and results["kind"] == "analysis"
+    """The documented results.json schema, version 4 (docs/output.md)."""
+    assert results["schema_version"] == 4 and results["kind"] == "analysis"
     for key, kind in {"label": str, "created": str, "versions": dict, "config": dict, "model": dict,
                       "task": dict, "fit": dict, "subnetworks": dict, "ablation": dict,
                       "probes": dict, "scalars": dict, "verdict": dict}.items():
@@ -57,8 +57,8 @@ def check_schema(results):
         assert {"model", "subnetwork", "eval_task", "condition", "metric", "value", "ci_low",
                 "ci_high", "p_value", "p_adjusted"} <= set(row)
     for row in results["probes"]["rows"]:
-        assert {"model", "hook", "constituent", "accuracy", "ci_low", "ci_high", "control_accuracy",
-                "selectivity", "baseline"} <= set(row)
+        assert {"model", "hook", "constituent", "metric", "score", "ci_low", "ci_high",
+                "control_score", "selectivity", "baseline"} <= set(row)
     json.dumps(results)  # plain JSON all the way down
 
 
@@ -129,14 +129,40 @@ def test_resuming_with_another_configuration_is_refused(planted, analysis):
         mp.analyze(planted[0], planted[1], out=analysis.out, config=other)
 
 
-def test_a_version_2_results_file_reads_in_the_version_3_vocabulary(analysis, tmp_path):
+def _version_3(current):
+    """``current`` results as version 3 wrote them: the probes' accuracy columns and measure."""
+    old = json.loads(json.dumps(current).replace('"control_score"', '"control_accuracy"')
+                     .replace('"heldout_score"', '"heldout_accuracy"'))
+    old["schema_version"] = 3
+    for row in old["probes"]["rows"]:
+        row["accuracy"] = row.pop("score")
+    for config in [*old["probes"]["configs"].values(), old["config"]["probe"]]:
+        config["measure"] = ["accuracy" if m == "score" else m for m in config["measure"]]
+    return old
+
+
+def test_a_version_3_results_file_reads_in_the_current_vocabulary(analysis, tmp_path):
     current = json.loads((analysis.out / "results.json").read_text())
-    old = dict(current, schema_version=2)
+    old = _version_3(current)
+    assert "accuracy" in old["probes"]["rows"][0] and "score" not in old["probes"]["rows"][0]
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    assert mp.analysis.read_results(tmp_path / "results.json") == current
+    run = mp.load_run(tmp_path)
+    assert run.probes.rows == current["probes"]["rows"]
+    assert "score" in run.probes.to_dataframe().columns
+    from modprobe.report import write_report
+
+    write_report(run.results, tmp_path / "report.html")  # the heatmaps read "score"
+    assert "Probe selectivity" in (tmp_path / "report.html").read_text()
+
+
+def test_a_version_2_results_file_reads_in_the_current_vocabulary(analysis, tmp_path):
+    current = json.loads((analysis.out / "results.json").read_text())
+    old = dict(_version_3(current), schema_version=2)
     for part in ("ablation", "verdict", "erasure"):  # probe rows said p_adjusted already
         old[part] = json.loads(json.dumps(current[part]).replace('"p_adjusted"', '"p_holm"')
                                .replace('"p_target_adjusted"', '"p_target_holm"')
                                .replace('"n_bootstrap"', '"n_boot"'))
-    old["probes"] = json.loads(json.dumps(current["probes"]))
     for row in old["probes"]["rows"]:
         row["condition"] = row.pop("model")
     assert old["ablation"]["rows"][0]["p_holm"] is None  # the file really uses the old names
@@ -147,7 +173,8 @@ def test_a_version_2_results_file_reads_in_the_version_3_vocabulary(analysis, tm
     assert upgraded["probes"]["rows"] == [dict(r) for r in current["probes"]["rows"]]
     old["schema_version"] = 1
     (tmp_path / "results.json").write_text(json.dumps(old))
-    with pytest.raises(ValueError, match="schema_version 1, but this modprobe reads version 2 or 3;"):
+    with pytest.raises(ValueError, match="schema_version 1, but this modprobe reads version "
+                                         "2, 3 or 4;"):
         mp.analysis.read_results(tmp_path / "results.json")
 
 
@@ -301,14 +328,14 @@ def test_cli_reaches_mask_method_granularity_and_strategy(tmp_path, monkeypatch)
                          "--out", str(out), "--quick", "--n-random", "20", "--necessity", "none",
                          "--mask-method", "hard_concrete", "--granularity", "neuron",
                          "--strategy", "mean", "--mask-lambda", "1", "--mask-epochs", "3",
-                         "--probe-measure", "accuracy"]) == 0
+                         "--probe-measure", "score"]) == 0
     results = json.loads((out / "results.json").read_text())
     check_schema(results)
     config = results["config"]
     assert (config["mask"]["method"], config["mask"]["granularity"]) == ("hard_concrete", "neuron")
     assert config["mask"]["lr"] == 0.05 and config["mask"]["init"] == 2.0  # the method's defaults
     assert config["ablation"]["strategy"] == "mean"
-    assert config["probe"]["measure"] == ["accuracy"]
+    assert config["probe"]["measure"] == ["score"]
     assert all(c["strategy"] == "mean" for c in results["ablation"]["config"].values())
     for name in results["subnetworks"]:
         sub = mp.pruning.Subnetwork.load(out / "masks" / name)
@@ -350,7 +377,7 @@ def test_cli_verbose_logs_each_stage_and_quiet_logs_nothing(analysis, planted, t
                                                           monkeypatch):
     """A resumed run, so that the CLI does no work: --verbose logs every stage as resumed."""
     monkeypatch.setattr(cli, "_load", lambda args: planted[0])
-    monkeypatch.setattr(cli, "_task", lambda *args: planted[1])
+    monkeypatch.setattr(cli, "load_task", lambda *args: planted[1])
     monkeypatch.setattr(cli, "_config", lambda args: CONFIG)  # the fixture's: it resumes
     argv = ["analyze", "--model", "planted", "--task", "planted", "--out", str(analysis.out)]
     assert cli.main(argv + ["--verbose"]) == 0

@@ -298,8 +298,8 @@ _V = _validate.SCHEMA_VERSION
 
 @pytest.mark.parametrize("text, match", [
     (json.dumps({"schema_version": _V + 1, "kind": "analysis"}),
-     rf"schema_version {_V + 1}, but this modprobe reads version (2 or )?{_V}; it was written by a newer "
-     "modprobe"),
+     rf"schema_version {_V + 1}, but this modprobe reads version (2, 3 or )?{_V}; it was written "
+     "by a newer modprobe"),
     (json.dumps({"schema_version": _V, "kind": "nonsense"}),
      r"kind 'nonsense', expected 'analysis' or 'comparison'"),
     ("", r"results.json is empty"),

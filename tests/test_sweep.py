@@ -318,7 +318,7 @@ def test_scaling_reproduction_quick_tables_follow_from_the_sweep(scaling_local, 
     table, probes = pd.read_parquet(out / "table.parquet"), pd.read_parquet(out / "probes.parquet")
     assert sorted(summary["model.width"]) == [8, 16]
     deep = probes[probes["constituent"].str.startswith("strength_") & (probes["hook"] == "act2")]
-    deep = deep.groupby("cell")["accuracy"].mean()
+    deep = deep.groupby("cell")["score"].mean()
     for _, row in summary.iterrows():
         cells = table[table["model.width"] == row["model.width"]]
         trained = cells[cells["config.fit.finetune"]]

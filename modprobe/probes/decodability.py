@@ -29,11 +29,11 @@ from .linear import ENGINES, fit_predict, free_cores
 from .report import ProbeReport
 from .._stats import CORRECTIONS, adjust_pvalues
 from .._validate import (Bool, Device, Int, OneOf, Real, Strings, as_tuple, check,
-                         configured)
+                         configured, renamed)
 
 # The random streams of a run: the folds', the control task's, then one per built-in measure
 # (a registered measure gets a stream seeded from its name).
-_STREAMS = ("folds", "control", "accuracy", "mdl")
+_STREAMS = ("folds", "control", "score", "mdl")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class ProbeConfig:
     ``input_baseline``: add the probe on the raw inputs (row ``hook="input"``), whose features
     are capped at ``max_input_dim`` by a fixed random projection; ``device``: the torch engine's
     device (default: CUDA when available). ``measure``: a name or a tuple of names of
-    :mod:`.measures`: "accuracy" (always reported), "mdl" (the online codelength and compression
+    :mod:`.measures`: "score" (always reported), "mdl" (the online codelength and compression
     of :mod:`.mdl` for discrete constituents, on the real and the control labels) and any
     measure registered with :func:`.measures.register`. ``threads``: CPU threads of either engine
     (None: the cores free now, see :func:`.linear.free_cores`; ``MODPROBE_THREADS`` sets it too).
@@ -71,13 +71,14 @@ class ProbeConfig:
     max_iter: int = 1000
     tol: float = 1e-6
     device: str | None = None
-    measure: tuple[str, ...] = ("accuracy",)
+    measure: tuple[str, ...] = ("score",)
     threads: int | None = None
 
     def __post_init__(self) -> None:
         as_tuple(self, "measure")
         check(self, {"measure": Strings()})
-        object.__setattr__(self, "measure", tuple(dict.fromkeys(("accuracy", *self.measure))))
+        named = (renamed(m, "accuracy", "score", "ProbeConfig.measure", 5) for m in self.measure)
+        object.__setattr__(self, "measure", tuple(dict.fromkeys(("score", *named))))
         as_tuple(self, "c_grid", "alpha_grid", scalars=True)
         check(self, {"pooling": OneOf(POOLINGS), "cv": Int(2), "inner_cv": Int(2),
                      "control": Bool(), "seed": Int(0), "engine": OneOf(ENGINES),
@@ -92,7 +93,7 @@ class ProbeConfig:
         unknown = sorted(set(self.measure) - set(measures.names()))
         if unknown:
             raise ValueError(f"ProbeConfig.measure has unknown measures {unknown}; choose among "
-                             f"{measures.names()}, e.g. ('accuracy', 'mdl'), or register one "
+                             f"{measures.names()}, e.g. ('score', 'mdl'), or register one "
                              "with modprobe.probes.measures.register")
 
 
@@ -121,7 +122,8 @@ def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None
     ``model``: a HookedModel or anything ``modprobe.wrap`` accepts. ``inputs``: a tensor, a dict
     of tensors (``attention_mask`` is used for pooling), or a list of strings for a model with a
     tokenizer. ``constituents``: ``{name: (N,) labels}``; integer, bool or string labels are
-    classes (multinomial logistic regression, accuracy), floats are continuous (ridge, R^2). An
+    classes (multinomial logistic regression, scored by accuracy), floats are continuous (ridge,
+    scored by R^2); the row's ``metric`` says which the ``score`` columns hold. An
     object with ``.inputs``, ``.labels`` (and ``.groups``) may stand for inputs + constituents.
     ``groups``: (N,) combination ids; examples of one combination never straddle folds.
     ``heldout``: ``(inputs, {name: labels}[, groups])`` (or such an object) from combinations

@@ -18,9 +18,9 @@ is one file::
 
     register(Majority())
 
-after which ``ProbeConfig(measure=("accuracy", "majority"))`` validates, ``--probe-measure``
+after which ``ProbeConfig(measure=("score", "majority"))`` validates, ``--probe-measure``
 offers it, and the rows carry a ``majority`` column. This module holds the registry and the
-measure every run reports, ``"accuracy"``; ``"mdl"`` lives in :mod:`.mdl`.
+measure every run reports, ``"score"``; ``"mdl"`` lives in :mod:`.mdl`.
 """
 from __future__ import annotations
 
@@ -141,18 +141,18 @@ def get(name: str) -> ProbeMeasure:
 
 
 # --------------------------------------------------------------------- the built-in score
-class Accuracy(ProbeMeasure):
-    """Nested cross-validated accuracy (R^2 for continuous constituents) with its cluster
-    bootstrap interval, the control task's score and the selectivity, the uninformed baseline,
-    the permutation p-value, the held-out combinations' score, and the chosen regularisation.
-    Every run reports it."""
+class Score(ProbeMeasure):
+    """The nested cross-validated ``score`` (accuracy, or R^2 for continuous constituents: the
+    row's ``metric`` says which) with its cluster bootstrap interval, the control task's score
+    and the selectivity, the uninformed baseline, the permutation p-value, the held-out
+    combinations' score, and the chosen regularisation. Every run reports it."""
 
-    name = "accuracy"
-    columns = ("accuracy", "ci_low", "ci_high", "control_accuracy", "selectivity", "baseline",
-               "p_value", "heldout_accuracy", "heldout_ci_low", "heldout_ci_high",
+    name = "score"
+    columns = ("score", "ci_low", "ci_high", "control_score", "selectivity", "baseline",
+               "p_value", "heldout_score", "heldout_ci_low", "heldout_ci_high",
                "heldout_baseline", "regularization")
-    table = ("accuracy", "ci_low", "ci_high", "control_accuracy", "selectivity", "baseline",
-             "heldout_accuracy")
+    table = ("score", "ci_low", "ci_high", "control_score", "selectivity", "baseline",
+             "heldout_score")
 
     def measure(self, batch: ProbeBatch) -> list[list[dict[str, Any]]]:
         result = cross_validate(batch.features, batch.labels, batch.n_classes, batch.splits,
@@ -188,7 +188,7 @@ class _Scorer:
     def cv(self, pred: torch.Tensor, y: torch.Tensor, discrete: bool,
            control_pred: torch.Tensor | None, control_y: torch.Tensor | None) -> dict[str, Any]:
         cfg = self.config
-        accuracy = _num(score(pred, y, discrete))
+        value = _num(score(pred, y, discrete))
         low, high = self._interval(pred, y, self.unit, discrete)
         control = None
         if control_pred is not None:
@@ -205,19 +205,19 @@ class _Scorer:
                 unit, fold_of_unit = np.arange(len(y)), self.splits.fold_of_row
             p_value = permutation_pvalue(pred, y, unit, fold_of_unit, discrete,
                                          cfg.n_permutations, self.rng)
-        return dict(accuracy=accuracy, ci_low=low, ci_high=high, control_accuracy=control,
-                    selectivity=None if control is None or accuracy is None else accuracy - control,
+        return dict(score=value, ci_low=low, ci_high=high, control_score=control,
+                    selectivity=None if control is None or value is None else value - control,
                     baseline=_num(score(base, y, discrete)), p_value=p_value)
 
     def heldout(self, pred: torch.Tensor | None, y: torch.Tensor | None, train_y: torch.Tensor,
                 unit: np.ndarray | None, discrete: bool) -> dict[str, Any]:
         if pred is None or y is None:
-            return dict(heldout_accuracy=None, heldout_ci_low=None, heldout_ci_high=None,
+            return dict(heldout_score=None, heldout_ci_low=None, heldout_ci_high=None,
                         heldout_baseline=None)
         split = [(np.arange(len(train_y)), np.arange(len(y)))]
         guess = baseline_predictions(train_y, split, discrete)[0]
         low, high = self._interval(pred, y, unit, discrete)
-        return dict(heldout_accuracy=_num(score(pred, y, discrete)), heldout_ci_low=low,
+        return dict(heldout_score=_num(score(pred, y, discrete)), heldout_ci_low=low,
                     heldout_ci_high=high, heldout_baseline=_num(score(guess, y, discrete)))
 
     def _interval(self, pred, y, unit, discrete) -> tuple[float | None, float | None]:
@@ -234,4 +234,4 @@ def _num(value: Any) -> float | None:
     return value if np.isfinite(value) else None
 
 
-register(Accuracy())
+register(Score())
