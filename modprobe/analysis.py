@@ -630,8 +630,9 @@ def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:
     ``n_boot``), probe rows name their model in ``model`` (was ``condition``); the ``config``
     keeps its version 2 (flat) layout. Version 3 to 4: probe rows say ``score``,
     ``control_score`` and ``heldout_score`` (were ``accuracy``, ``control_accuracy`` and
-    ``heldout_accuracy``) and the probe configs name the measure ``"score"`` (was
-    ``"accuracy"``)."""
+    ``heldout_accuracy``), the probe configs name the measure ``"score"`` (was ``"accuracy"``)
+    and the probe and erasure configs the pooling of every position ``"tokens"`` (was
+    ``"none"``)."""
     version = results.get("schema_version")
     if version == SCHEMA_VERSION or version not in _READABLE:
         return results
@@ -653,9 +654,12 @@ def _from_version_3(results: dict[str, Any]) -> None:
                           for row in probe_part.get("rows", [])]
     configs = list((probe_part.get("configs") or {}).values())
     configs.append((results.get("config") or {}).get("probe"))  # nested since version 3
+    configs.append((results.get("erasure") or {}).get("config"))
     for config in configs:
         if isinstance(config, dict) and isinstance(config.get("measure"), list):
             config["measure"] = ["score" if m == "accuracy" else m for m in config["measure"]]
+        if isinstance(config, dict) and config.get("pooling") == "none":
+            config["pooling"] = "tokens"
 
 
 def _from_version_2(results: dict[str, Any]) -> None:

@@ -83,8 +83,11 @@ def _parser() -> argparse.ArgumentParser:
                        + ": score (accuracy, or R² for continuous constituents; always "
                        "reported), mdl (online codelength) or a measure registered with "
                        "modprobe.probes.measures.register (default: score and mdl)")
-        p.add_argument("--probe-pooling", choices=POOLINGS, default=None,
-                       help="how a sequence becomes the probes' features (default mean)")
+        p.add_argument("--probe-pooling", default=None,
+                       choices=POOLINGS + tuple(_RENAMED_VALUES["probe_pooling"]),
+                       metavar="{" + ",".join(POOLINGS) + "}",
+                       help="how a sequence becomes the probes' rows: mean (default), first, "
+                       "last, or tokens (every position its own row)")
         p.add_argument("--probe-hooks", nargs="+", default=None, metavar="HOOK",
                        help="hook points to probe (default: every block's output)")
         p.add_argument("--fit", choices=("finetune", "head", "as_is"), default=None,
@@ -230,7 +233,7 @@ _SHORTHAND_OPTIONS = {"n_random": "n_random", "strategy": "strategy", "mask_meth
 
 # Old option values still accepted, each with a warning naming its new value:
 # {option dest: {old: new}}.
-_RENAMED_VALUES = {"probe_measure": {"accuracy": "score"}}
+_RENAMED_VALUES = {"probe_measure": {"accuracy": "score"}, "probe_pooling": {"none": "tokens"}}
 
 
 def _renamed_values(args: argparse.Namespace) -> None:

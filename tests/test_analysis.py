@@ -147,6 +147,8 @@ def test_a_version_3_results_file_reads_in_the_current_vocabulary(analysis, tmp_
     assert "accuracy" in old["probes"]["rows"][0] and "score" not in old["probes"]["rows"][0]
     (tmp_path / "results.json").write_text(json.dumps(old))
     assert mp.analysis.read_results(tmp_path / "results.json") == current
+    old["config"]["probe"]["pooling"] = "none"  # version 3's name of "tokens"
+    assert mp.analysis.upgrade_results(old)["config"]["probe"]["pooling"] == "tokens"
     run = mp.load_run(tmp_path)
     assert run.probes.rows == current["probes"]["rows"]
     assert "score" in run.probes.to_dataframe().columns

@@ -179,7 +179,7 @@ def test_pooling_reads_only_real_positions():
     mean, _ = _pool_positions(x, mask, "mean")
     last, _ = _pool_positions(x, mask, "last")
     first, _ = _pool_positions(x, mask, "first")
-    rows, example = _pool_positions(x, mask, "none")
+    rows, example = _pool_positions(x, mask, "tokens")
     assert mean.flatten().tolist() == [1.0, 3.5] and last.flatten().tolist() == [2.0, 4.0]
     assert first.flatten().tolist() == [0.0, 3.0]
     assert rows.flatten().tolist() == [0, 1, 2, 3, 4] and example.tolist() == [0, 0, 0, 1, 1]
@@ -387,6 +387,26 @@ def test_the_old_measure_name_accuracy_reads_as_score_with_a_warning(caplog, mon
     assert "--probe-measure accuracy is deprecated; use --probe-measure score" in caplog.text
 
 
+def test_the_old_pooling_name_none_reads_as_tokens_with_a_warning(caplog, monkeypatch):
+    import logging
+
+    from modprobe.cli import _config, _parser
+
+    monkeypatch.setattr(logging.getLogger("modprobe"), "propagate", True)
+    with pytest.warns(DeprecationWarning, match=r"pooling='none' is deprecated; use "
+                                                r"pooling='tokens'"):
+        assert ProbeConfig(pooling="none").pooling == "tokens"
+    args = _parser().parse_args(["analyze", "--model", "m", "--task", "symbolic", "--out", "x",
+                                 "--probe-pooling", "none"])
+    assert _config(args).probe.pooling == "tokens"
+    assert "--probe-pooling none is deprecated; use --probe-pooling tokens" in caplog.text
+    n = 40
+    with pytest.warns(DeprecationWarning, match=r"erase.pooling='none' is deprecated"):
+        erasure = mp.probes.erase(Stored([torch.randn(n, 3, 4, generator=_gen(0))]), "layers.0",
+                                  torch.arange(n), torch.arange(n) % 2, pooling="none")
+    assert erasure.rank == 1
+
+
 # ----------------------------------------------------------------- statistics
 def test_permutation_pvalue_separates_informative_from_unrelated_predictions():
     rng = np.random.default_rng(0)
@@ -498,11 +518,11 @@ def test_default_hooks_of_a_plain_mlp_are_its_top_level_layers():
     assert _by_hook(report, "y")["input"] > 0.9  # the raw input holds the constituent
 
 
-def test_pooling_none_probes_every_real_position_with_token_types_as_control_units(bert):
+def test_pooling_tokens_probes_every_real_position_with_token_types_as_control_units(bert):
     inputs, y = _tokens()
     ids = inputs["input_ids"]
     inputs["input_ids"] = 5 + 10 * y[:, None] + ids % 10  # every token tells y
-    report = decodability(bert, inputs, {"y": y}, pooling="none", **FAST)
+    report = decodability(bert, inputs, {"y": y}, pooling="tokens", **FAST)
     assert {r["n"] for r in report.rows} == {int(inputs["attention_mask"].sum())}
     rows = {r["hook"]: r for r in report.rows}
     assert min(r["score"] for r in rows.values()) > 0.9

@@ -22,7 +22,7 @@ import torch
 from ..models import HookedModel, wrap
 from ..subroutine import check_runs, index_inputs
 from .activations import (INPUT, POOLINGS, check_hooks, collect, default_hooks, input_rows,
-                          n_examples)
+                          n_examples, pooling_name)
 from . import mdl, measures  # noqa: F401  (importing mdl registers its measure)
 from .folds import Splits, control_labels, nested_splits
 from .linear import ENGINES, fit_predict, free_cores
@@ -41,7 +41,9 @@ class ProbeConfig:
     """How probes are fitted and tested. Defaults follow common probing practice: 5 outer x 3
     inner folds, C in logspace(-4, 2), alpha in logspace(-3, 4), Hewitt & Liang control tasks.
 
-    ``cv`` outer folds; ``inner_cv`` folds choose C (logistic, from ``c_grid``) or alpha (ridge,
+    ``pooling``: how a sequence's positions become probe rows: "mean" (over the attention mask),
+    "first", "last", or "tokens" (every real position is its own row; the control task then
+    draws a label per token type). ``cv`` outer folds; ``inner_cv`` folds choose C (logistic, from ``c_grid``) or alpha (ridge,
     from ``alpha_grid``); ``control``: fit Hewitt & Liang control tasks; ``n_permutations`` /
     ``n_bootstrap``: 0 turns p-values / intervals off; ``correction``: "holm", "bh" or None;
     ``input_baseline``: add the probe on the raw inputs (row ``hook="input"``), whose features
@@ -75,6 +77,8 @@ class ProbeConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "pooling", pooling_name(self.pooling, "ProbeConfig.pooling",
+                                                         stacklevel=4))
         as_tuple(self, "measure")
         check(self, {"measure": Strings()})
         named = (renamed(m, "accuracy", "score", "ProbeConfig.measure", 5) for m in self.measure)
@@ -129,7 +133,7 @@ def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None
     ``heldout``: ``(inputs, {name: labels}[, groups])`` (or such an object) from combinations
     never trained on: probes fitted on all in-distribution data are scored there too.
     The control task gives every input type (a distinct input; the token at a position for
-    ``pooling="none"``) the label of another type of the same test fold (see
+    ``pooling="tokens"``) the label of another type of the same test fold (see
     :func:`.folds.control_labels`). It is drawn per input type even when groups are given:
     group-aware folds already keep a memorised combination from paying off, and a label drawn
     per combination would score *below* chance (a held-out combination's random label is

@@ -33,9 +33,9 @@ from ..ablation._evaluate import EvalData
 from ..ablation._stats import empirical_p, percentile_interval
 from ..models import HookedModel, wrap
 from ..subroutine import as_subroutine
-from .activations import check_hooks, collect, default_hooks
+from .activations import check_hooks, collect, default_hooks, pooling_name
 
-_POOLINGS = ("mean", "none")  # poolings that commute with an eraser applied at every position
+_POOLINGS = ("mean", "tokens")  # poolings that commute with an eraser applied at every position
 
 
 @dataclass
@@ -63,7 +63,8 @@ def erase(model: Any, hook: str, inputs: Any, labels: Any, *, pooling: str = "me
     """Fit LEACE for ``labels`` ((N,) classes or floats: the constituent) on the ``pooling``-pooled
     activations of ``inputs`` at ``hook``. With "mean" the eraser, applied at every position,
     erases the mean-pooled representation exactly (pooling commutes with an affine map); with
-    "none" it is fitted on every position's activation."""
+    "tokens" it is fitted on every position's activation."""
+    pooling = pooling_name(pooling, "erase.pooling", stacklevel=3)
     hm = wrap(model)
     feats = _features(hm, [hook], inputs, pooling, batch_size)
     return _fit(hook, feats[hook], _concept(labels, feats["_example"]))
@@ -139,7 +140,9 @@ def erasure_effects(model: Any, subroutines: Mapping[str, Any], constituents: An
     """Erase every constituent at every hook point (LEACE fitted on ``constituents``, an object
     with ``.inputs`` and ``.labels``, e.g. ``task.constituents``) and score every subroutine
     (``{name: Subroutine}``, its evaluation data) against ``n_random`` random-direction erasures
-    of the same rank. ``hooks``: default every block's output."""
+    of the same rank. ``hooks``: default every block's output; ``pooling``: as for
+    :func:`erase`."""
+    pooling = pooling_name(pooling, "erasure_effects.pooling", stacklevel=3)
     if n_random < 2 or n_bootstrap < 1:
         raise ValueError(f"n_random must be >= 2 and n_bootstrap >= 1, got {n_random}, "
                          f"{n_bootstrap}")
