@@ -85,7 +85,7 @@ def vision(out: Path, seeds: tuple[int, ...], quick: bool) -> mp.comparison.Comp
     config = mp.AnalysisConfig(
         fit=fit, scratch_fit=FitConfig.scratch(lr=3e-3, backbone_lr=3e-3, epochs=2 if quick else 60,
                                                stop_at=0.95, batch_size=64),
-        mask_params=("*.weight",), mask_epochs=4 if quick else 20, mask_lambda=(1.0, 10.0),
+        mask_params=("*.weight",), mask_epochs=4 if quick else 20, l0_lambda=(1.0, 10.0),
         n_random=20 if quick else 80, complement=False, probe_cv=2 if quick else 3,
         twin_check=not quick, max_rounds=2 if quick else 8)
     return mp.compare(pretrained_cnn(size, quick), task, seeds=seeds, out=out / "vision",

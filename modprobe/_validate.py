@@ -239,13 +239,19 @@ def device(value: Any) -> Any:
     return value
 
 
+def deprecated(old: str, new: str, stacklevel: int = 2) -> None:
+    """A DeprecationWarning "``old`` is deprecated; use ``new``" attributed to the frame
+    ``stacklevel`` levels up (1: the caller of this function, as for :func:`warnings.warn`)."""
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning,
+                  stacklevel=stacklevel + 1)
+
+
 def renamed(value: Any, old: Any, new: Any, what: str, stacklevel: int = 4) -> Any:
     """``new`` (with a DeprecationWarning naming it) when ``value`` is the old name ``old``, else
     ``value``; ``what`` names the setting (e.g. ``"ProbeConfig.pooling"``)."""
     if value != old:
         return value
-    warnings.warn(f"{what}={old!r} is deprecated; use {what.rsplit('.', 1)[-1]}={new!r}",
-                  DeprecationWarning, stacklevel=stacklevel)
+    deprecated(f"{what}={old!r}", f"{what.rsplit('.', 1)[-1]}={new!r}", stacklevel)
     return new
 
 

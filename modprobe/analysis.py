@@ -53,12 +53,14 @@ _CONSTRAINTS = {
 SHORTHANDS = {
     "mask_method": ("mask", "method"), "granularity": ("mask", "granularity"),
     "mask_params": ("mask", "params"), "mask_epochs": ("mask", "epochs"),
-    "mask_lambda": ("mask", "l0_lambda"), "necessity": ("mask", "necessity"),
+    "l0_lambda": ("mask", "l0_lambda"), "necessity": ("mask", "necessity"),
     "max_rounds": ("mask", "max_rounds"), "mask_stable_total": ("mask", "stable_total"),
     "n_random": ("ablation", "n_random"), "complement": ("ablation", "complement"),
     "strategy": ("ablation", "strategy"), "verdict_rules": ("ablation", "rules"),
     "probe_cv": ("probe", "cv"), "probe_measure": ("probe", "measure"),
 }
+# Old shorthand names still accepted, each with a DeprecationWarning: {old: new}.
+RENAMED_SHORTHANDS = {"mask_lambda": "l0_lambda"}
 # The analysis probes report MDL besides the score by default.
 _PROBE = probes.ProbeConfig(measure=("score", "mdl"))
 
@@ -76,7 +78,8 @@ class AnalysisConfig:
     Shorthands set one nested field each and read it back (``AnalysisConfig(mask_epochs=4)`` is
     ``AnalysisConfig(mask=MaskConfig(epochs=4))``; a shorthand overrides the nested config given
     beside it): ``mask_method``, ``granularity``, ``mask_params``, ``mask_epochs``,
-    ``mask_lambda`` (``mask.l0_lambda``), ``necessity``, ``max_rounds``, ``n_random``,
+    ``l0_lambda`` (``mask.l0_lambda``, the sparsity penalty's grid), ``necessity``,
+    ``max_rounds``, ``n_random``,
     ``complement``, ``strategy``, ``verdict_rules`` (``ablation.rules``), ``probe_cv`` and
     ``probe_measure``, ``mask_stable_total`` (``mask.stable_total``, early stopping's settling
     threshold as a share of all masked entries) (see :data:`SHORTHANDS`).
@@ -118,6 +121,7 @@ class AnalysisConfig:
     progress: bool = True
 
     def __init__(self, **settings: Any) -> None:
+        settings = _current_names(settings)
         names = [f.name for f in dataclasses.fields(self)]
         unknown = sorted(set(settings) - set(names) - set(SHORTHANDS))
         if unknown:
@@ -153,6 +157,8 @@ class AnalysisConfig:
 
     def __getattr__(self, name: str) -> Any:
         """A shorthand reads its nested field (``config.n_random`` is ``config.ablation.n_random``)."""
+        if name in RENAMED_SHORTHANDS:
+            name = _current_names({name: None}).popitem()[0]
         if name in SHORTHANDS and SHORTHANDS[name][0] in self.__dict__:
             stage, field_name = SHORTHANDS[name]
             return getattr(self.__dict__[stage], field_name)
@@ -163,14 +169,27 @@ class AnalysisConfig:
         """Small settings for demos and smoke runs (minutes on a laptop CPU): the upper half of
         the blocks masked (``mask_scope="upper"``), a shorter schedule, fewer controls."""
         settings: dict[str, Any] = dict(seed=seed, fit=FitConfig(epochs=6, seed=seed),
-                                        mask_epochs=12, mask_lambda=(1.0, 300.0),
+                                        mask_epochs=12, l0_lambda=(1.0, 300.0),
                                         n_random=80, complement=False,
                                         probe_cv=3, mask_scope="upper")
-        settings.update(overrides)
+        settings.update(_current_names(overrides))
         return cls(**settings)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _current_names(settings: dict[str, Any], stacklevel: int = 3) -> dict[str, Any]:
+    """``settings`` with each old shorthand renamed (a DeprecationWarning names the new one)."""
+    out = dict(settings)
+    for old, new in RENAMED_SHORTHANDS.items():
+        if old in out:
+            if new in out:
+                raise TypeError(f"AnalysisConfig got both {old!r} and its new name {new!r}; "
+                                f"pass {new!r} only")
+            _validate.deprecated(f"the AnalysisConfig shorthand {old!r}", repr(new), stacklevel)
+            out[new] = out.pop(old)
+    return out
 
 
 @dataclass

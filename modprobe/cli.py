@@ -66,9 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="one mask entry per weight (default), output neuron or attention head")
         p.add_argument("--mask-params", nargs="+", default=None, metavar="GLOB",
                        help="parameters to mask, e.g. 'blocks.*.mlp.*.weight'")
-        p.add_argument("--mask-lambda", nargs="+", type=float, default=None, metavar="LAMBDA",
-                       help="sparsity penalty; several values are a grid searched on held-out "
-                       "data (default 1 10 100 1000; --quick 1 300)")
+        p.add_argument("--l0-lambda", nargs="+", type=float, default=None, metavar="LAMBDA",
+                       help="weight of the masks' sparsity penalty (MaskConfig.l0_lambda); "
+                       "several values are a grid searched on held-out data (default 1 10 100 "
+                       "1000; --quick 1 300)")
+        p.add_argument("--mask-lambda", nargs="+", type=float, default=None,
+                       help=argparse.SUPPRESS)  # the old name of --l0-lambda
         p.add_argument("--mask-epochs", type=int, default=None,
                        help="epochs of each mask search (default 20; --quick 12)")
         p.add_argument("--necessity", choices=("peel", "none"), default=None,
@@ -226,18 +229,25 @@ def _load(args: argparse.Namespace) -> Any:
 # Command-line options that set an AnalysisConfig shorthand: {option dest: shorthand}.
 _SHORTHAND_OPTIONS = {"n_random": "n_random", "strategy": "strategy", "mask_method": "mask_method",
                       "granularity": "granularity", "mask_params": "mask_params",
-                      "mask_lambda": "mask_lambda", "mask_epochs": "mask_epochs",
+                      "l0_lambda": "l0_lambda", "mask_epochs": "mask_epochs",
                       "necessity": "necessity", "max_rounds": "max_rounds",
                       "probe_measure": "probe_measure"}
 
 
-# Old option values still accepted, each with a warning naming its new value:
-# {option dest: {old: new}}.
+# Old options and option values still accepted, each with a warning naming its new name:
+# {old option dest: new option dest} and {option dest: {old value: new value}}.
+_RENAMED_OPTIONS = {"mask_lambda": "l0_lambda"}
 _RENAMED_VALUES = {"probe_measure": {"accuracy": "score"}, "probe_pooling": {"none": "tokens"}}
 
 
-def _renamed_values(args: argparse.Namespace) -> None:
-    """Old option values replaced by their new names in ``args``, each with a warning."""
+def _renamed(args: argparse.Namespace) -> None:
+    """Old options and option values replaced by their new names in ``args``, with a warning."""
+    for old, new in _RENAMED_OPTIONS.items():
+        if getattr(args, old, None) is not None:
+            log.warning("--%s is deprecated; use --%s", old.replace("_", "-"),
+                        new.replace("_", "-"))
+            if getattr(args, new) is None:
+                setattr(args, new, getattr(args, old))
     for dest, names in _RENAMED_VALUES.items():
         value = getattr(args, dest, None)
         values = value if isinstance(value, list) else [value]
@@ -253,7 +263,7 @@ def _renamed_values(args: argparse.Namespace) -> None:
 def _config(args: argparse.Namespace) -> Any:
     from .analysis import AnalysisConfig
 
-    _renamed_values(args)
+    _renamed(args)
     overrides: dict[str, Any] = {
         short: tuple(value) if isinstance(value, list) else value
         for dest, short in _SHORTHAND_OPTIONS.items()

@@ -27,7 +27,7 @@ def demo_config(seed: int = 0) -> AnalysisConfig:
     """The demo's settings (also what ``modprobe compare --quick`` would pick for MiniLM)."""
     return AnalysisConfig.quick(seed=seed, fit=FitConfig(epochs=6, seed=seed),
                                 mask_params=tuple(f"blocks.{i}.mlp.*.weight" for i in (3, 4, 5)),
-                                mask_epochs=10, mask_lambda=300.0,
+                                mask_epochs=10, l0_lambda=300.0,
                                 scratch_fit=FitConfig.scratch(epochs=SCRATCH_EPOCHS, seed=seed),
                                 probe_hooks=tuple(f"blocks.{i}.hook_out" for i in range(6)))
 

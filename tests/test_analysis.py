@@ -71,7 +71,7 @@ def test_planted_modular_model_is_judged_isolated_and_results_follow_the_schema(
 def test_sub_steps_are_timed_in_results_summary_and_report(analysis):
     results = json.loads((analysis.out / "results.json").read_text())
     masks = results["timings"]["masks"]["steps"]
-    lambdas = len(CONFIG.mask_lambda)
+    lambdas = len(CONFIG.l0_lambda)
     for name in "AB":  # a mask per subroutine and λ
         assert sum(s["step"].startswith(f"mask {name} l0_lambda=") for s in masks) == lambdas
     assert any("necessity round" in s["step"] for s in masks)
@@ -329,7 +329,7 @@ def test_cli_reaches_mask_method_granularity_and_strategy(tmp_path, monkeypatch)
         assert cli.main(["analyze", "--model-factory", factory, "--task", "hyperteacher",
                          "--out", str(out), "--quick", "--n-random", "20", "--necessity", "none",
                          "--mask-method", "hard_concrete", "--granularity", "neuron",
-                         "--strategy", "mean", "--mask-lambda", "1", "--mask-epochs", "3",
+                         "--strategy", "mean", "--l0-lambda", "1", "--mask-epochs", "3",
                          "--probe-measure", "score"]) == 0
     results = json.loads((out / "results.json").read_text())
     check_schema(results)
@@ -406,3 +406,23 @@ def test_quick_mask_targets_are_the_upper_blocks_and_mask_params_override_them()
     assert mine["params"] == ["blocks.0.mlp.*.weight"] and mine["scope"] == "mask_params"
     plain = mp.wrap(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
     assert mask_targets(plain, quick)["params"] is None  # no list of blocks: everything
+
+
+def test_the_old_shorthand_mask_lambda_sets_l0_lambda_with_a_warning(caplog, monkeypatch):
+    import logging
+
+    with pytest.warns(DeprecationWarning, match="shorthand 'mask_lambda' is deprecated; use "
+                                                "'l0_lambda'"):
+        config = mp.AnalysisConfig(mask_lambda=(1.0, 5.0))
+    assert config.mask.l0_lambda == config.l0_lambda == (1.0, 5.0)
+    with pytest.warns(DeprecationWarning):
+        assert config.mask_lambda == (1.0, 5.0)
+    with pytest.warns(DeprecationWarning):
+        assert mp.AnalysisConfig.quick(mask_lambda=2.0).mask.l0_lambda == 2.0
+    with pytest.raises(TypeError, match="both 'mask_lambda' and its new name 'l0_lambda'"):
+        mp.AnalysisConfig(mask_lambda=1.0, l0_lambda=2.0)
+    monkeypatch.setattr(logging.getLogger("modprobe"), "propagate", True)  # cli.main turns it off
+    args = cli._parser().parse_args(["analyze", "--model", "m", "--task", "symbolic", "--out",
+                                     "x", "--mask-lambda", "3"])
+    assert cli._config(args).mask.l0_lambda == (3.0,)
+    assert "--mask-lambda is deprecated; use --l0-lambda" in caplog.text

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 TASK = {"name": "hyperteacher", "n_train": 256, "n_test": 128, "n_modules": 4, "max_active": 2,
         "dim": 4}
-CONFIG = {"quick": True, "mask_epochs": 2, "mask_lambda": [1.0], "n_random": 20, "probe_cv": 2,
+CONFIG = {"quick": True, "mask_epochs": 2, "l0_lambda": [1.0], "n_random": 20, "probe_cv": 2,
           "probe_hooks": ["act1"], "fit": {"epochs": 5, "lr": 3e-3, "backbone_lr": 3e-3}}
 MODEL = {"factory": "_sweep_models:pretrained", "args": {"width": 8}}
 STUDY = {"name": "tiny", "base": {"model": MODEL, "task": TASK, "config": CONFIG},

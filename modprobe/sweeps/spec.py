@@ -219,10 +219,10 @@ def _check_task(task: dict[str, Any]) -> None:
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    from ..analysis import SHORTHANDS, AnalysisConfig
+    from ..analysis import RENAMED_SHORTHANDS, SHORTHANDS, AnalysisConfig
 
     fields = [f.name for f in dataclasses.fields(AnalysisConfig)]
-    valid = set(fields) | set(SHORTHANDS) | {"quick"}
+    valid = set(fields) | set(SHORTHANDS) | set(RENAMED_SHORTHANDS) | {"quick"}
     unknown = sorted(set(config) - valid)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; AnalysisConfig has {fields}, the "
