@@ -202,6 +202,8 @@ class Analysis:
 
     @property
     def verdict(self) -> str:
+        """The verdict sentence, as on every verdict-bearing object (``results["verdict"]``
+        holds it as ``text`` beside its headline, the per-subnetwork verdicts and evidence)."""
         return self.results["verdict"]["text"]
 
     @property
