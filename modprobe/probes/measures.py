@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
+from .._registry import Registry
 from .crossval import baseline_predictions, cross_validate
 from .folds import Split, Splits
 from .stats import bootstrap_ci, permutation_pvalue, score
@@ -105,39 +106,12 @@ class ProbeMeasure:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, ProbeMeasure] = {}
-
-
-def register(measure: ProbeMeasure, *, replace: bool = False) -> ProbeMeasure:
-    """Make ``measure`` available as ``ProbeConfig(measure=measure.name)``; returns it."""
-    if not isinstance(measure, ProbeMeasure):
-        raise TypeError(f"register takes a ProbeMeasure instance, got {type(measure).__name__}")
-    if not isinstance(measure.name, str) or not measure.name.strip():
-        raise ValueError(f"{type(measure).__name__}.name must be a non-empty string")
-    if measure.name in _REGISTRY and not replace:
-        raise ValueError(f"a probe measure named {measure.name!r} is registered already; pick "
-                         "another name or pass replace=True")
-    _REGISTRY[measure.name] = measure
-    return measure
-
-
-def unregister(name: str) -> None:
-    """Remove a registered measure (a no-op for unknown names)."""
-    _REGISTRY.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    """The registered measure names, built-ins first."""
-    return tuple(_REGISTRY)
-
-
-def get(name: str) -> ProbeMeasure:
-    """The measure registered as ``name``."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown probe measure {name!r}; choose among {list(_REGISTRY)} (or "
-                         "register your own with modprobe.probes.measures.register)") from None
+_REGISTRY: Registry[ProbeMeasure] = Registry("probe measure", ProbeMeasure, __name__)
+# register(measure, replace=False): make ``measure`` available as
+# ``ProbeConfig(measure=measure.name)``; unregister(name); names(): the registered names,
+# built-ins first; get(name): one measure.
+register, unregister, names, get = (_REGISTRY.register, _REGISTRY.unregister, _REGISTRY.names,
+                                    _REGISTRY.get)
 
 
 # --------------------------------------------------------------------- the built-in score
