@@ -408,9 +408,7 @@ def test_quick_mask_targets_are_the_upper_blocks_and_mask_params_override_them()
     assert mask_targets(plain, quick)["params"] is None  # no list of blocks: everything
 
 
-def test_the_old_shorthand_mask_lambda_sets_l0_lambda_with_a_warning(caplog, monkeypatch):
-    import logging
-
+def test_the_old_shorthand_mask_lambda_sets_l0_lambda_with_a_warning(cli_log):
     with pytest.warns(DeprecationWarning, match="shorthand 'mask_lambda' is deprecated; use "
                                                 "'l0_lambda'"):
         config = mp.AnalysisConfig(mask_lambda=(1.0, 5.0))
@@ -421,8 +419,7 @@ def test_the_old_shorthand_mask_lambda_sets_l0_lambda_with_a_warning(caplog, mon
         assert mp.AnalysisConfig.quick(mask_lambda=2.0).mask.l0_lambda == 2.0
     with pytest.raises(TypeError, match="both 'mask_lambda' and its new name 'l0_lambda'"):
         mp.AnalysisConfig(mask_lambda=1.0, l0_lambda=2.0)
-    monkeypatch.setattr(logging.getLogger("modprobe"), "propagate", True)  # cli.main turns it off
     args = cli._parser().parse_args(["analyze", "--model", "m", "--task", "symbolic", "--out",
                                      "x", "--mask-lambda", "3"])
     assert cli._config(args).mask.l0_lambda == (3.0,)
-    assert "--mask-lambda is deprecated; use --l0-lambda" in caplog.text
+    assert "--mask-lambda is deprecated; use --l0-lambda" in cli_log.text

@@ -371,12 +371,9 @@ def test_measures_are_checked_by_name_and_by_what_they_return(majority):
     assert "flat" not in mp.probes.measures.names()
 
 
-def test_the_old_measure_name_accuracy_reads_as_score_with_a_warning(caplog, monkeypatch):
-    import logging
-
+def test_the_old_measure_name_accuracy_reads_as_score_with_a_warning(cli_log):
     from modprobe.cli import _config, _parser
 
-    monkeypatch.setattr(logging.getLogger("modprobe"), "propagate", True)  # cli.main turns it off
 
     with pytest.warns(DeprecationWarning, match=r"measure='accuracy' is deprecated; use "
                                                 r"measure='score'"):
@@ -384,22 +381,19 @@ def test_the_old_measure_name_accuracy_reads_as_score_with_a_warning(caplog, mon
     args = _parser().parse_args(["analyze", "--model", "m", "--task", "symbolic", "--out", "x",
                                  "--probe-measure", "accuracy", "mdl"])
     assert _config(args).probe.measure == ("score", "mdl")
-    assert "--probe-measure accuracy is deprecated; use --probe-measure score" in caplog.text
+    assert "--probe-measure accuracy is deprecated; use --probe-measure score" in cli_log.text
 
 
-def test_the_old_pooling_name_none_reads_as_tokens_with_a_warning(caplog, monkeypatch):
-    import logging
-
+def test_the_old_pooling_name_none_reads_as_tokens_with_a_warning(cli_log):
     from modprobe.cli import _config, _parser
 
-    monkeypatch.setattr(logging.getLogger("modprobe"), "propagate", True)
     with pytest.warns(DeprecationWarning, match=r"pooling='none' is deprecated; use "
                                                 r"pooling='tokens'"):
         assert ProbeConfig(pooling="none").pooling == "tokens"
     args = _parser().parse_args(["analyze", "--model", "m", "--task", "symbolic", "--out", "x",
                                  "--probe-pooling", "none"])
     assert _config(args).probe.pooling == "tokens"
-    assert "--probe-pooling none is deprecated; use --probe-pooling tokens" in caplog.text
+    assert "--probe-pooling none is deprecated; use --probe-pooling tokens" in cli_log.text
     n = 40
     with pytest.warns(DeprecationWarning, match=r"erase.pooling='none' is deprecated"):
         erasure = mp.probes.erase(Stored([torch.randn(n, 3, 4, generator=_gen(0))]), "layers.0",
