@@ -20,8 +20,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 import modprobe as mp  # noqa: E402
-from modprobe.ablation._evaluate import _Evaluator  # noqa: E402
-from modprobe.ablation._masks import _controls, _specs  # noqa: E402
+from modprobe.ablation._evaluate import Evaluator  # noqa: E402
+from modprobe.ablation._masks import build_specs, control_masks  # noqa: E402
 
 
 def naive_scores(hm, sub, masks):
@@ -36,7 +36,7 @@ def naive_scores(hm, sub, masks):
 
 def modprobe_scores(hm, sub, masks, **options):
     """What ablation.run does for one batch of controls (inputs cached once per call)."""
-    return _Evaluator(hm, {"T": sub}, list(masks[0]), "zero", **options).scores(masks)["T"]
+    return Evaluator(hm, {"T": sub}, list(masks[0]), "zero", **options).scores(masks)["T"]
 
 
 def mlp_case(n=2048):
@@ -95,9 +95,9 @@ def main() -> None:
             hm.module.cuda()
         masks_in = {p: torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) < 0.1
                     for p, w in hm.params(pattern).items()}
-        spec = _specs(hm, {"S": masks_in})["S"]
+        spec = build_specs(hm, {"S": masks_in})["S"]
         masks = [{p: r.to(hm.device) for p, r in m.items()}
-                 for m in _controls(spec, args.n_random, 0, "random_ablate")]
+                 for m in control_masks(spec, args.n_random, 0, "random_ablate")]
         variants = {"modprobe, batch_size=64 (the subroutine's)": {"batch_size": 64},
                     "modprobe, default (batches of 256)": {},
                     "modprobe, default + vmap over 8 masks": {"vectorize": True},

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 import modprobe as mp  # noqa: E402
 from modprobe.analysis import AnalysisConfig  # noqa: E402
-from modprobe.cli import _task  # noqa: E402
+from modprobe.cli import load_task  # noqa: E402
 from modprobe.pruning import batched  # noqa: E402
 
 BEFORE = dict(mask_scope="all", reuse_activations=False, mask_stable_total=0.0)
@@ -42,7 +42,7 @@ def run(config: AnalysisConfig, quick: bool, flush: bool) -> tuple[dict, float, 
     (the quick task is the CLI's smaller one), without an output directory."""
     wall, cpu = time.perf_counter(), time.process_time()
     hm = mp.load_model("minilm")
-    task = _task("language", config.seed, quick, hm)
+    task = load_task("language", config.seed, quick, hm)
     flushing = batched._flushing_denormals
     if not flush:  # the old behaviour: no flushing context around mask training
         batched._flushing_denormals = contextlib.nullcontext
@@ -79,7 +79,7 @@ def parts(n_random: int) -> None:
     from modprobe.fitting import FitConfig, fit
 
     hm = mp.load_model("minilm")
-    task = _task("language", 0, True, hm)
+    task = load_task("language", 0, True, hm)
     hm, readout, _ = fit(hm, task.composite.train, task.composite.test, task.n_classes,
                          FitConfig(mode="head", epochs=2, progress=False))
     subs = {n: {k: dataclasses.replace(getattr(s, k), readout=readout) for k in ("train", "test")}

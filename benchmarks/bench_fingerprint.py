@@ -18,7 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 import modprobe as mp  # noqa: E402
-from modprobe.analysis import _fingerprint  # noqa: E402
+from modprobe.analysis import fingerprint  # noqa: E402
 
 
 def _timed(fn) -> float:
@@ -47,7 +47,7 @@ def main() -> None:
         with torch.no_grad():
             hm(inputs)
 
-    runs = {"sha256 fingerprint": lambda: _fingerprint(hm, task, config, mask, "model"),
+    runs = {"sha256 fingerprint": lambda: fingerprint(hm, task, config, mask, "model"),
             "sum of parameters": summed, "forward 32x32": forward}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for fn in runs.values():

@@ -144,16 +144,16 @@ def pipeline(feats, constituents, seed: int, threads: int | None = None) -> None
     print("\nfull decodability (nested 5 x 3 CV, 7 C values, control tasks, 1000 permutations, "
           "1000 bootstraps):")
     for engine, report in reports.items():
-        acc = np.mean([r["accuracy"] for r in report.rows])
-        control = np.mean([r["control_accuracy"] for r in report.rows])
+        acc = np.mean([r["score"] for r in report.rows])
+        control = np.mean([r["control_score"] for r in report.rows])
         print(f"{engine:8s} {seconds[engine]:8.1f} s   mean accuracy {100 * acc:6.2f} %   "
               f"mean control accuracy {100 * control:6.2f} %")
-    diff = max(abs(a["accuracy"] - b["accuracy"])
+    diff = max(abs(a["score"] - b["score"])
                for a, b in zip(reports["torch"].rows, reports["sklearn"].rows))
     print(f"speed ratio sklearn / torch: {seconds['sklearn'] / seconds['torch']:.1f}x; largest "
           f"per-row accuracy difference {100 * diff:.2f} points")
     report = reports["torch"]
-    print(report.table(["hook", "constituent", "accuracy", "control_accuracy", "selectivity"]))
+    print(report.table(["hook", "constituent", "score", "control_score", "selectivity"]))
     print("best layers:", report.best_layers(), f" decodability {report.decodability:.3f}")
 
 

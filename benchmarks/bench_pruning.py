@@ -50,7 +50,7 @@ import modprobe as mp
 from modprobe.pruning import MaskConfig, train_subnetwork
 from modprobe.pruning import train as pruning_train
 from modprobe.pruning import methods
-from modprobe.pruning.batched import adam as _adam, gradient as _gradient, step as _step
+from modprobe.pruning import batched
 from modprobe.pruning.layout import slots as layout
 from modprobe.pruning.masks import MaskSet, select_params
 
@@ -153,11 +153,11 @@ def masked_stepper(hm: mp.HookedModel, sub: mp.Subroutine, names: list[str], bat
     default = MaskConfig()
     masks = MaskSet(layout(hm, names, "weight"), hm.params(names), methods.get("continuous"), default.init,
                     margin=default.margin)
-    optimizer = _adam(masks.logits, 0.01)
+    optimizer = batched.adam(masks.logits, 0.01)
     inputs, targets = batch
     if update:
-        return lambda: _step(hm, sub, masks, optimizer, inputs, targets, 10.0, l0_lambda)
-    return lambda: _gradient(hm, sub, masks, inputs, targets, 10.0, l0_lambda)
+        return lambda: batched.step(hm, sub, masks, optimizer, inputs, targets, 10.0, l0_lambda)
+    return lambda: batched.gradient(hm, sub, masks, inputs, targets, 10.0, l0_lambda)
 
 
 def plain_stepper(params: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor],

@@ -18,7 +18,7 @@ def main() -> None:
     labels = {k: task.constituents.labels[k] for k in ("subject_number", "antecedent_number")}
     report = mp.probes.decodability(model, task.constituents.inputs, labels,
                                     groups=task.constituents.groups, cv=3 if args.quick else 5)
-    print(report.table(["hook", "constituent", "accuracy", "control_accuracy", "selectivity"]))
+    print(report.table(["hook", "constituent", "score", "control_score", "selectivity"]))
     print(f"\ndecodability (mean best-layer selectivity): {report.decodability_of('model'):.3f}")
 
 

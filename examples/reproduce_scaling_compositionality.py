@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import modprobe as mp
 from modprobe._io import write_text
 from modprobe._results import format_table
-from modprobe.report import _COLORS, _div, page
+from modprobe.report import COLORS, figure_html, page
 
 STUDY = Path(__file__).with_name("scaling.toml")
 KEYS = ["task.support", "task.frac_ood", "model.width"]
@@ -35,9 +35,9 @@ def deep_probes(table, probes):
     strengths = probes[probes["constituent"].str.startswith("strength_")]
     deepest = [h for h in strengths["hook"].unique() if h != "input"][-1]
     out = table[["cell", *KEYS, "seed", "config.fit.finetune", "fit.test", "fit.heldout"]].copy()
-    for name, hook, column in (("deep_r2", deepest, "accuracy"),
-                               ("transfer_r2", deepest, "heldout_accuracy"),
-                               ("input_r2", "input", "accuracy")):
+    for name, hook, column in (("deep_r2", deepest, "score"),
+                               ("transfer_r2", deepest, "heldout_score"),
+                               ("input_r2", "input", "score")):
         means = strengths[strengths["hook"] == hook].groupby("cell")[column].mean()
         out[name] = out["cell"].map(means)
     return out, deepest
@@ -66,7 +66,7 @@ def figures(summary, paired, deepest):
     ood = go.Figure()
     for i, ((support, frac), part) in enumerate(summary.groupby(["task.support", "task.frac_ood"])):
         ood.add_scatter(x=part["model.width"], y=part["ood_r2"], mode="lines+markers",
-                        name=f"{support}, frac_ood={frac}", line=dict(color=_COLORS[i % 7]),
+                        name=f"{support}, frac_ood={frac}", line=dict(color=COLORS[i % 7]),
                         error_y=dict(type="data", array=part["ood_r2_sd"].fillna(0)))
     ood.update_xaxes(type="log", title_text="MLP width")
     ood.update_yaxes(title_text="OOD R² (held-out combinations)")
@@ -75,7 +75,7 @@ def figures(summary, paired, deepest):
     for i, (support, part) in enumerate(paired.groupby("task.support")):
         for name, symbol in (("deep_gain", "circle"), ("transfer_gain", "diamond")):
             decod.add_scatter(x=part["fit.heldout"], y=part[name], mode="markers",
-                              name=f"{support}: {name}", marker=dict(color=_COLORS[i % 7],
+                              name=f"{support}: {name}", marker=dict(color=COLORS[i % 7],
                                                                     symbol=symbol, size=9),
                               text=[f"width {w}, seed {s}" for w, s in
                                     zip(part["model.width"], part["seed"])])
@@ -106,8 +106,8 @@ def main() -> None:
               "become linearly decodable from deep layers as generalisation succeeds.")
     html = page("Scaling and compositional generalisation (Redhardt et al. 2025)", [
         ("Claims", f"<p>{claims}</p>"),
-        ("OOD R² versus width", _div(ood)),
-        ("Decodability gain versus OOD R²", _div(decod)),
+        ("OOD R² versus width", figure_html(ood)),
+        ("Decodability gain versus OOD R²", figure_html(decod)),
         ("Table", summary.round(3).to_html(index=False))])
     write_text(out / "reproduction.html", html)
     print(result.summary())

@@ -38,10 +38,10 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=jsonable) + "\n")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Turn numpy / torch scalars and arrays into plain JSON values."""
     if hasattr(value, "tolist"):
         return value.tolist()

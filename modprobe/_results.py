@@ -5,7 +5,7 @@ import dataclasses
 import json
 from typing import Any, Sequence, TypeVar
 
-from ._io import _jsonable
+from ._io import jsonable
 
 R = TypeVar("R", bound="Report")
 
@@ -16,10 +16,10 @@ class Report:
     rows: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=_jsonable))
+        return json.loads(json.dumps(dataclasses.asdict(self), default=jsonable))
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=_jsonable)
+        return json.dumps(self.to_dict(), indent=indent, default=jsonable)
 
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any]) -> R:

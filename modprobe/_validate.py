@@ -12,14 +12,16 @@ import json
 import math
 import numbers
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-SCHEMA_VERSION = 3  # results.json, run.json and stage files (2: verdicts and necessity sets;
-# 3: nested stage configs and one vocabulary: p_adjusted, n_bootstrap, probe rows' model column)
+SCHEMA_VERSION = 4  # results.json, run.json and stage files (2: verdicts and necessity sets;
+# 3: nested stage configs and one vocabulary: p_adjusted, n_bootstrap, probe rows' model column;
+# 4: probe rows' score / control_score / heldout_score, the "score" measure)
 
 
 # --------------------------------------------------------------------- constraints
@@ -237,6 +239,22 @@ def device(value: Any) -> Any:
     return value
 
 
+def deprecated(old: str, new: str, stacklevel: int = 2) -> None:
+    """A DeprecationWarning "``old`` is deprecated; use ``new``" attributed to the frame
+    ``stacklevel`` levels up (1: the caller of this function, as for :func:`warnings.warn`)."""
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning,
+                  stacklevel=stacklevel + 1)
+
+
+def renamed(value: Any, old: Any, new: Any, what: str, stacklevel: int = 4) -> Any:
+    """``new`` (with a DeprecationWarning naming it) when ``value`` is the old name ``old``, else
+    ``value``; ``what`` names the setting (e.g. ``"ProbeConfig.pooling"``)."""
+    if value != old:
+        return value
+    deprecated(f"{what}={old!r}", f"{what.rsplit('.', 1)[-1]}={new!r}", stacklevel)
+    return new
+
+
 # --------------------------------------------------------------------- names and models
 def path_name(name: Any, what: str = "subroutine name") -> str:
     """``name`` if it is safe as one directory name inside ``out/``, else a ValueError."""
@@ -290,7 +308,8 @@ def read_json(path: str | os.PathLike, *, kind: str | Iterable[str] | None = Non
             newer = isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION
             why = ("it was written by a newer modprobe: upgrade modprobe to read it" if newer else
                    "it was not written by this version of modprobe")
-            readable = " or ".join(str(v) for v in versions)
+            readable = " or ".join(filter(None, (", ".join(str(v) for v in versions[:-1]),
+                                                 str(versions[-1]))))
             raise ValueError(f"{path} has schema_version {version!r}, but this modprobe reads "
                              f"version {readable}; {why}")
     if kind is not None:

@@ -53,14 +53,16 @@ _CONSTRAINTS = {
 SHORTHANDS = {
     "mask_method": ("mask", "method"), "granularity": ("mask", "granularity"),
     "mask_params": ("mask", "params"), "mask_epochs": ("mask", "epochs"),
-    "mask_lambda": ("mask", "l0_lambda"), "necessity": ("mask", "necessity"),
+    "l0_lambda": ("mask", "l0_lambda"), "necessity": ("mask", "necessity"),
     "max_rounds": ("mask", "max_rounds"), "mask_stable_total": ("mask", "stable_total"),
     "n_random": ("ablation", "n_random"), "complement": ("ablation", "complement"),
     "strategy": ("ablation", "strategy"), "verdict_rules": ("ablation", "rules"),
     "probe_cv": ("probe", "cv"), "probe_measure": ("probe", "measure"),
 }
-# The analysis probes report MDL besides accuracy by default.
-_PROBE = probes.ProbeConfig(measure=("accuracy", "mdl"))
+# Old shorthand names still accepted, each with a DeprecationWarning: {old: new}.
+RENAMED_SHORTHANDS = {"mask_lambda": "l0_lambda"}
+# The analysis probes report MDL besides the score by default.
+_PROBE = probes.ProbeConfig(measure=("score", "mdl"))
 
 
 @dataclass(frozen=True, init=False)
@@ -76,7 +78,8 @@ class AnalysisConfig:
     Shorthands set one nested field each and read it back (``AnalysisConfig(mask_epochs=4)`` is
     ``AnalysisConfig(mask=MaskConfig(epochs=4))``; a shorthand overrides the nested config given
     beside it): ``mask_method``, ``granularity``, ``mask_params``, ``mask_epochs``,
-    ``mask_lambda`` (``mask.l0_lambda``), ``necessity``, ``max_rounds``, ``n_random``,
+    ``l0_lambda`` (``mask.l0_lambda``, the sparsity penalty's grid), ``necessity``,
+    ``max_rounds``, ``n_random``,
     ``complement``, ``strategy``, ``verdict_rules`` (``ablation.rules``), ``probe_cv`` and
     ``probe_measure``, ``mask_stable_total`` (``mask.stable_total``, early stopping's settling
     threshold as a share of all masked entries) (see :data:`SHORTHANDS`).
@@ -124,6 +127,7 @@ class AnalysisConfig:
     progress: bool = True
 
     def __init__(self, **settings: Any) -> None:
+        settings = _current_names(settings)
         names = [f.name for f in dataclasses.fields(self)]
         unknown = sorted(set(settings) - set(names) - set(SHORTHANDS))
         if unknown:
@@ -159,6 +163,8 @@ class AnalysisConfig:
 
     def __getattr__(self, name: str) -> Any:
         """A shorthand reads its nested field (``config.n_random`` is ``config.ablation.n_random``)."""
+        if name in RENAMED_SHORTHANDS:
+            name = _current_names({name: None}).popitem()[0]
         if name in SHORTHANDS and SHORTHANDS[name][0] in self.__dict__:
             stage, field_name = SHORTHANDS[name]
             return getattr(self.__dict__[stage], field_name)
@@ -169,14 +175,27 @@ class AnalysisConfig:
         """Small settings for demos and smoke runs (minutes on a laptop CPU): the upper half of
         the blocks masked (``mask_scope="upper"``), a shorter schedule, fewer controls."""
         settings: dict[str, Any] = dict(seed=seed, fit=FitConfig(epochs=6, seed=seed),
-                                        mask_epochs=12, mask_lambda=(1.0, 300.0),
+                                        mask_epochs=12, l0_lambda=(1.0, 300.0),
                                         n_random=80, complement=False,
                                         probe_cv=3, mask_scope="upper")
-        settings.update(overrides)
+        settings.update(_current_names(overrides))
         return cls(**settings)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _current_names(settings: dict[str, Any], stacklevel: int = 3) -> dict[str, Any]:
+    """``settings`` with each old shorthand renamed (a DeprecationWarning names the new one)."""
+    out = dict(settings)
+    for old, new in RENAMED_SHORTHANDS.items():
+        if old in out:
+            if new in out:
+                raise TypeError(f"AnalysisConfig got both {old!r} and its new name {new!r}; "
+                                f"pass {new!r} only")
+            _validate.deprecated(f"the AnalysisConfig shorthand {old!r}", repr(new), stacklevel)
+            out[new] = out.pop(old)
+    return out
 
 
 @dataclass
@@ -189,6 +208,8 @@ class Analysis:
 
     @property
     def verdict(self) -> str:
+        """The verdict sentence, as on every verdict-bearing object (``results["verdict"]``
+        holds it as ``text`` beside its headline, the per-subnetwork verdicts and evidence)."""
         return self.results["verdict"]["text"]
 
     @property
@@ -251,7 +272,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     mask_config = config.mask.replace(params=targets["params"],
                                       share_prefix=config.reuse_activations)
     _check_inputs(hm, task, config, label)
-    store = (_Store(Path(out), _fingerprint(hm, task, config, mask_config, label))
+    store = (_Store(Path(out), fingerprint(hm, task, config, mask_config, label))
              if out is not None else None)
 
     timings: dict[str, dict[str, Any]] = {}
@@ -637,31 +658,64 @@ _RESULTS_KEYS = {
 def read_results(path: str | Path) -> dict[str, Any]:
     """A results.json (of an analysis or a comparison), checked: parseable, a schema version this
     modprobe reads, a known ``kind`` and every key the report needs; errors name the path.
-    A version 2 file is returned in the version 3 vocabulary (see :func:`_upgrade`)."""
-    results = _validate.read_json(path, kind=tuple(_RESULTS_KEYS), versions=(2, SCHEMA_VERSION))
+    An older file is returned in the current vocabulary (see :func:`upgrade_results`)."""
+    results = _validate.read_json(path, kind=tuple(_RESULTS_KEYS), versions=_READABLE)
     _check_results(results, str(path))
-    return _upgrade(results)
+    return upgrade_results(results)
 
 
+_READABLE = (2, 3, SCHEMA_VERSION)  # results.json versions read_results reads
 # Version 2 names that version 3 renamed, per part of an analysis' results.
 _RENAMED = {"p_holm": "p_adjusted", "p_target_holm": "p_target_adjusted",
             "n_boot": "n_bootstrap"}
+# Version 3 probe row columns that version 4 renamed.
+_RENAMED_PROBE = {"accuracy": "score", "control_accuracy": "control_score",
+                  "heldout_accuracy": "heldout_score"}
 
 
-def _upgrade(results: dict[str, Any]) -> dict[str, Any]:
-    """A version 2 results dict in the version 3 vocabulary: ablation rows, isolation entries,
-    verdict evidence and erasure rows say ``p_adjusted`` (was ``p_holm``), ablation and erasure
-    configs ``n_bootstrap`` (was ``n_boot``), probe rows name their model in ``model`` (was
-    ``condition``). The ``config`` keeps its version 2 (flat) layout."""
-    if results.get("schema_version") != 2:
+def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:
+    """An analysis' or comparison's results dict of an older schema version in the current
+    vocabulary (a copy; a current one, or one of a version it does not know, is returned as it
+    is: :func:`read_results` refuses those).
+
+    Version 2 to 3: ablation rows, isolation entries, verdict evidence and erasure rows say
+    ``p_adjusted`` (was ``p_holm``), ablation and erasure configs ``n_bootstrap`` (was
+    ``n_boot``), probe rows name their model in ``model`` (was ``condition``); the ``config``
+    keeps its version 2 (flat) layout. Version 3 to 4: probe rows say ``score``,
+    ``control_score`` and ``heldout_score`` (were ``accuracy``, ``control_accuracy`` and
+    ``heldout_accuracy``), the probe configs name the measure ``"score"`` (was ``"accuracy"``)
+    and the probe and erasure configs the pooling of every position ``"tokens"`` (was
+    ``"none"``)."""
+    version = results.get("schema_version")
+    if version == SCHEMA_VERSION or version not in _READABLE:
         return results
     results = copy.deepcopy(results)
     results["schema_version"] = SCHEMA_VERSION
     if results["kind"] == "comparison":
         for group in ("pretrained", "random"):
-            results[group] = [_upgrade(run) for run in results[group]]
+            results[group] = [upgrade_results(run) for run in results[group]]
         return results
+    if version == 2:
+        _from_version_2(results)
+    _from_version_3(results)
+    return results
 
+
+def _from_version_3(results: dict[str, Any]) -> None:
+    probe_part = results.get("probes") or {}
+    probe_part["rows"] = [{_RENAMED_PROBE.get(k, k): v for k, v in row.items()}
+                          for row in probe_part.get("rows", [])]
+    configs = list((probe_part.get("configs") or {}).values())
+    configs.append((results.get("config") or {}).get("probe"))  # nested since version 3
+    configs.append((results.get("erasure") or {}).get("config"))
+    for config in configs:
+        if isinstance(config, dict) and isinstance(config.get("measure"), list):
+            config["measure"] = ["score" if m == "accuracy" else m for m in config["measure"]]
+        if isinstance(config, dict) and config.get("pooling") == "none":
+            config["pooling"] = "tokens"
+
+
+def _from_version_2(results: dict[str, Any]) -> None:
     def renamed(entry: dict[str, Any]) -> dict[str, Any]:
         return {_RENAMED.get(k, k): v for k, v in entry.items()}
 
@@ -677,7 +731,6 @@ def _upgrade(results: dict[str, Any]) -> dict[str, Any]:
     if "erasure" in results:
         results["erasure"]["rows"] = [renamed(r) for r in results["erasure"].get("rows", [])]
         results["erasure"]["config"] = renamed(results["erasure"].get("config") or {})
-    return results
 
 
 def _check_results(results: Any, where: str) -> None:
@@ -757,7 +810,7 @@ class _Store:
             save(value, target)
 
 
-def _fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig,
+def fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig,
                  mask_config: pruning.MaskConfig, label: str) -> str:
     """sha256 of the model's content (every parameter's and buffer's name, dtype, shape and
     bytes), the task and every setting, including the pruning defaults the config leaves open."""

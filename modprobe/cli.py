@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from .ablation import STRATEGIES
-from .probes import MEASURES, POOLINGS
+from .probes import POOLINGS, measures
 from .pruning import methods
 from .pruning.layout import GRANULARITIES
+
+log = logging.getLogger(__name__)
 
 _EXAMPLES = """examples:
   modprobe demo                                            # MiniLM vs random init, language task
@@ -64,9 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="one mask entry per weight (default), output neuron or attention head")
         p.add_argument("--mask-params", nargs="+", default=None, metavar="GLOB",
                        help="parameters to mask, e.g. 'blocks.*.mlp.*.weight'")
-        p.add_argument("--mask-lambda", nargs="+", type=float, default=None, metavar="LAMBDA",
-                       help="sparsity penalty; several values are a grid searched on held-out "
-                       "data (default 1 10 100 1000; --quick 1 300)")
+        p.add_argument("--l0-lambda", nargs="+", type=float, default=None, metavar="LAMBDA",
+                       help="weight of the masks' sparsity penalty (MaskConfig.l0_lambda); "
+                       "several values are a grid searched on held-out data (default 1 10 100 "
+                       "1000; --quick 1 300)")
+        p.add_argument("--mask-lambda", nargs="+", type=float, default=None,
+                       help=argparse.SUPPRESS)  # the old name of --l0-lambda
         p.add_argument("--mask-epochs", type=int, default=None,
                        help="epochs of each mask search (default 20; --quick 12)")
         p.add_argument("--necessity", choices=("peel", "none"), default=None,
@@ -75,11 +80,17 @@ def _parser() -> argparse.ArgumentParser:
                        "sufficient subnetwork only")
         p.add_argument("--max-rounds", type=int, default=None,
                        help="most subnetworks the necessity search peels (default 8)")
-        p.add_argument("--probe-measure", nargs="+", choices=MEASURES, default=None,
-                       help="what the probes report: accuracy (always) and mdl (online "
-                       "codelength; default: both)")
-        p.add_argument("--probe-pooling", choices=POOLINGS, default=None,
-                       help="how a sequence becomes the probes' features (default mean)")
+        p.add_argument("--probe-measure", nargs="+", default=None, metavar="MEASURE",
+                       choices=measures.names() + tuple(_RENAMED_VALUES["probe_measure"]),
+                       help="what the probes report, among " + ", ".join(measures.names())
+                       + ": score (accuracy, or R² for continuous constituents; always "
+                       "reported), mdl (online codelength) or a measure registered with "
+                       "modprobe.probes.measures.register (default: score and mdl)")
+        p.add_argument("--probe-pooling", default=None,
+                       choices=POOLINGS + tuple(_RENAMED_VALUES["probe_pooling"]),
+                       metavar="{" + ",".join(POOLINGS) + "}",
+                       help="how a sequence becomes the probes' rows: mean (default), first, "
+                       "last, or tokens (every position its own row)")
         p.add_argument("--probe-hooks", nargs="+", default=None, metavar="HOOK",
                        help="hook points to probe (default: every block's output)")
         p.add_argument("--fit", choices=("finetune", "head", "as_is"), default=None,
@@ -222,14 +233,41 @@ def _load(args: argparse.Namespace) -> Any:
 # Command-line options that set an AnalysisConfig shorthand: {option dest: shorthand}.
 _SHORTHAND_OPTIONS = {"n_random": "n_random", "strategy": "strategy", "mask_method": "mask_method",
                       "granularity": "granularity", "mask_params": "mask_params",
-                      "mask_lambda": "mask_lambda", "mask_epochs": "mask_epochs",
+                      "l0_lambda": "l0_lambda", "mask_epochs": "mask_epochs",
                       "necessity": "necessity", "max_rounds": "max_rounds",
                       "probe_measure": "probe_measure"}
+
+
+# Old options and option values still accepted, each with a warning naming its new name:
+# {old option dest: new option dest} and {option dest: {old value: new value}}.
+_RENAMED_OPTIONS = {"mask_lambda": "l0_lambda"}
+_RENAMED_VALUES = {"probe_measure": {"accuracy": "score"}, "probe_pooling": {"none": "tokens"}}
+
+
+def _renamed(args: argparse.Namespace) -> None:
+    """Old options and option values replaced by their new names in ``args``, with a warning."""
+    for old, new in _RENAMED_OPTIONS.items():
+        if getattr(args, old, None) is not None:
+            log.warning("--%s is deprecated; use --%s", old.replace("_", "-"),
+                        new.replace("_", "-"))
+            if getattr(args, new) is None:
+                setattr(args, new, getattr(args, old))
+    for dest, names in _RENAMED_VALUES.items():
+        value = getattr(args, dest, None)
+        values = value if isinstance(value, list) else [value]
+        for old, new in names.items():
+            if old in values:
+                log.warning("--%s %s is deprecated; use --%s %s", dest.replace("_", "-"), old,
+                            dest.replace("_", "-"), new)
+                values = [new if v == old else v for v in values]
+        if value is not None:
+            setattr(args, dest, values if isinstance(value, list) else values[0])
 
 
 def _config(args: argparse.Namespace) -> Any:
     from .analysis import AnalysisConfig
 
+    _renamed(args)
     overrides: dict[str, Any] = {
         short: tuple(value) if isinstance(value, list) else value
         for dest, short in _SHORTHAND_OPTIONS.items()
@@ -257,8 +295,9 @@ def _config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _task(name: str, seed: int, quick: bool, model: Any = None) -> Any:
-    """Task family ``name``; a tokenized family uses ``model``'s own tokenizer."""
+def load_task(name: str, seed: int, quick: bool, model: Any = None) -> Any:
+    """Task family ``name`` as the CLI builds it (``quick``: 384 training and 128 test
+    examples); a tokenized family uses ``model``'s own tokenizer."""
     from . import tasks
 
     if name not in tasks.names():
@@ -310,7 +349,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     config = _config(args)  # settings first: a bad --seed is reported before any loading
     model = _load(args)
-    task = _task(args.task, args.seed, args.quick, model)
+    task = load_task(args.task, args.seed, args.quick, model)
     if args.command == "analyze":
         from .analysis import analyze
 

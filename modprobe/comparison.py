@@ -42,7 +42,9 @@ ARMS = ("pretrained", "random")
 class ComparisonReport(Report):
     """Per metric: each arm's mean, sd and 95% t-interval over the compared seeds, both arms' task
     metric, and the paired difference with its 95% CI; ``arms``: every (arm, seed) run with its
-    task metric and whether it learned the task; ``seeds``: the seeds compared."""
+    task metric and whether it learned the task; ``seeds``: the seeds compared; ``verdict``: the
+    verdict sentence (the isolation metric's, with the seeds compared); ``sentences``: one
+    sentence per metric."""
 
     rows: list[dict[str, Any]]
     seeds: list[int]
@@ -211,6 +213,8 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
+        """The verdict sentence (``report.verdict``), as :attr:`Analysis.verdict` is the
+        analysis'."""
         return self.report.verdict
 
     def summary(self) -> str:

@@ -37,7 +37,7 @@ def demo_config(seed: int = 0) -> AnalysisConfig:
     MiniLM)."""
     return AnalysisConfig.quick(seed=seed, fit=FitConfig(epochs=6, seed=seed),
                                 mask_params=tuple(f"blocks.{i}.mlp.*.weight" for i in (3, 4, 5)),
-                                mask_epochs=10, mask_lambda=300.0,
+                                mask_epochs=10, l0_lambda=300.0,
                                 scratch_fit=FitConfig.scratch(epochs=SCRATCH_EPOCHS, seed=seed),
                                 probe_hooks=tuple(f"blocks.{i}.hook_out" for i in range(6)))
 
@@ -52,7 +52,7 @@ def vision_config(seed: int = 0, epochs: int = 15, scratch_epochs: int = 60,
         seed=seed, fit=FitConfig(epochs=epochs, lr=3e-3, backbone_lr=1e-3, seed=seed),
         scratch_fit=FitConfig.scratch(lr=3e-3, backbone_lr=3e-3, epochs=scratch_epochs,
                                       stop_at=0.95, batch_size=64, seed=seed),
-        mask_params=("*.weight",), mask_epochs=mask_epochs, mask_lambda=(1.0, 10.0),
+        mask_params=("*.weight",), mask_epochs=mask_epochs, l0_lambda=(1.0, 10.0),
         n_random=n_random, complement=False, probe_cv=probe_cv, twin_check=twin_check,
         max_rounds=max_rounds)
 

@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 from ._io import write_text
 from .graph import subnetwork_graph
 
-_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
 _OWNER_GREY = {"shared": "#7f7f7f", "none": "#dddddd"}
 
 
@@ -61,7 +61,8 @@ def _timings_html(results: dict[str, Any]) -> str:
     if not rows:
         return ""
     return ('<p class="note">Time per stage and sub-step (wall and CPU seconds of this process; '
-            'a mask\'s own steps and checks, not the passes it shared).</p>' + _table(rows, 500))
+            'a mask\'s own steps and checks, not the passes it shared).</p>'
+            + html_table(rows, 500))
 
 
 def page(title: str, sections: list[tuple[str, str]]) -> str:
@@ -94,7 +95,7 @@ def _analysis_sections(res: dict[str, Any], prefix: str) -> list[tuple[str, str]
     fit = res.get("fit")
     if fit:
         shown = {k: v for k, v in fit.items() if k != "history"}
-        sections.append((f"{prefix}Model on the task", _table([shown])))
+        sections.append((f"{prefix}Model on the task", html_table([shown])))
     builders: list[tuple[str, Callable[[dict], Any], str]] = [
         ("Mask density per layer", _density_figure,
          "Fraction of each masked tensor that a subroutine's subnetwork keeps."),
@@ -111,8 +112,9 @@ def _analysis_sections(res: dict[str, Any], prefix: str) -> list[tuple[str, str]
          "Each point is one random mask with the same number of weights per tensor; the diamond is "
          "the targeted ablation."),
         ("Probe selectivity", _probe_figure,
-         "Linear decodability of each constituent at each hook point: accuracy (or R²) minus the "
-         "control task's."),
+         "Linear decodability of each constituent at each hook point: the probe's score "
+         "(accuracy, or R² for continuous constituents) minus the control task's; in brackets: "
+         "the score."),
         ("Probe compression (MDL)", _mdl_figure,
          "Online-code compression of each constituent's labels at each hook point: uniform "
          "codelength / online codelength (1 = no better than the uniform code; in brackets: "
@@ -128,12 +130,13 @@ def _analysis_sections(res: dict[str, Any], prefix: str) -> list[tuple[str, str]
             continue
         fig = build(res)
         if fig is not None:
-            sections.append((prefix + heading, f'<p class="note">{html.escape(note)}</p>' + _div(fig)))
+            sections.append((prefix + heading,
+                             f'<p class="note">{html.escape(note)}</p>' + figure_html(fig)))
     ablation_rows = (res.get("ablation") or {}).get("rows")
     if ablation_rows:
         shown = [{k: r.get(k) for k in _ABLATION_COLUMNS if k in r} for r in ablation_rows]
         sections.append((prefix + "Ablation table", '<p class="note">The main columns; '
-                         "results.json holds every column.</p>" + _table(shown)))
+                         "results.json holds every column.</p>" + html_table(shown)))
     return sections
 
 
@@ -187,18 +190,18 @@ def _comparison_sections(res: dict[str, Any]) -> list[tuple[str, str]]:
               if text != res["verdict"]]
     listing = "".join(f"<li>{html.escape(t)}</li>" for t in others)
     sections = [("Verdict", f'<div class="verdict">{html.escape(res["verdict"])}</div>'
-                 + (f"<ul>{listing}</ul>" if listing else "") + _table(res["metrics"]))]
+                 + (f"<ul>{listing}</ul>" if listing else "") + html_table(res["metrics"]))]
     if res.get("arms"):
-        sections.append(("Every arm and seed", _table(res["arms"])))
+        sections.append(("Every arm and seed", html_table(res["arms"])))
     if res.get("each_arm") and not res.get("compared_seeds"):
         sections.append(("Each arm alone (not a comparison)",
                          "<p>Mean and 95% t-interval over the seeds where that arm learned the "
                          "task; the seeds may differ between arms.</p>"
-                         + _table([{k: v for k, v in r.items() if k != "seeds"}
+                         + html_table([{k: v for k, v in r.items() if k != "seeds"}
                                    for r in res["each_arm"]])))
     fig = _comparison_figure(res)
     if fig is not None:
-        sections.append(("Pretrained versus random init", _div(fig)))
+        sections.append(("Pretrained versus random init", figure_html(fig)))
     sections += _analysis_sections(res["pretrained"][0], prefix="Pretrained (seed "
                                    f"{res['pretrained'][0]['config'].get('seed')}): ")
     sections += _analysis_sections(res["random"][0], prefix="Random init (seed "
@@ -210,7 +213,8 @@ def _verdict_html(res: dict[str, Any]) -> str:
     verdict = res.get("verdict") or {}
     text = verdict.get("text", "no verdict recorded")
     evidence = verdict.get("evidence") or []
-    return f'<div class="verdict">{html.escape(text)}</div>' + (_table(evidence) if evidence else "")
+    return (f'<div class="verdict">{html.escape(text)}</div>'
+            + (html_table(evidence) if evidence else ""))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -222,7 +226,7 @@ def _density_figure(res: dict[str, Any]) -> go.Figure | None:
     for i, (name, sub) in enumerate(subs.items()):
         dens = sub["densities"]
         fig.add_bar(x=list(dens), y=list(dens.values()), name=f"{name} ({sub['density']:.1%} kept)",
-                    marker_color=_COLORS[i % len(_COLORS)])
+                    marker_color=COLORS[i % len(COLORS)])
     fig.update_layout(barmode="group", yaxis_title="fraction kept", xaxis_tickangle=-45,
                       height=450, margin=dict(b=160))
     return fig
@@ -252,7 +256,7 @@ def _graph_figure(res: dict[str, Any]) -> go.Figure | None:
     if not subs:
         return None
     graph = subnetwork_graph({n: s["densities"] for n, s in subs.items()})
-    colors = {n: _COLORS[i % len(_COLORS)] for i, n in enumerate(subs)} | _OWNER_GREY
+    colors = {n: COLORS[i % len(COLORS)] for i, n in enumerate(subs)} | _OWNER_GREY
     rows: dict[int, int] = {}
     pos = {}
     for node, data in graph.nodes(data=True):
@@ -302,7 +306,7 @@ def _ablation_figure(res: dict[str, Any]) -> go.Figure | None:
     for i, cond in enumerate(conditions):
         sel = [r for r in rows if r["condition"] == cond]
         fig.add_bar(
-            name=cond, marker_color=_COLORS[i % len(_COLORS)],
+            name=cond, marker_color=COLORS[i % len(COLORS)],
             x=[[r.get("subnetwork") or "-" for r in sel], [r["eval_task"] for r in sel]],
             y=[r["value"] for r in sel],
             error_y=dict(type="data", symmetric=False,
@@ -333,7 +337,7 @@ def _random_distribution_figure(res: dict[str, Any]) -> go.Figure | None:
     for i, c in enumerate(controls):
         label = f"{c['subnetwork']} on {c['eval_task']}<br>{c['condition']}"
         fig.add_box(y=c["values"], name=label, boxpoints="all", jitter=0.4, pointpos=0,
-                    marker_color=_COLORS[i % len(_COLORS)], showlegend=False)
+                    marker_color=COLORS[i % len(COLORS)], showlegend=False)
         value = targeted.get((c["subnetwork"], c["eval_task"]))
         if value is not None:
             fig.add_scatter(x=[label], y=[value], mode="markers", name="targeted ablation",
@@ -345,7 +349,7 @@ def _random_distribution_figure(res: dict[str, Any]) -> go.Figure | None:
 
 
 def _probe_figure(res: dict[str, Any]) -> go.Figure | None:
-    return _probe_heatmap(res, "selectivity", "accuracy")
+    return _probe_heatmap(res, "selectivity", "score")
 
 
 def _mdl_figure(res: dict[str, Any]) -> go.Figure | None:
@@ -381,7 +385,7 @@ def _erasure_figure(res: dict[str, Any]) -> go.Figure | None:
     fig = go.Figure()
     for i, sub in enumerate(dict.fromkeys(r["subroutine"] for r in rows)):
         sel = [r for r in rows if r["subroutine"] == sub]
-        color = _COLORS[i % len(_COLORS)]
+        color = COLORS[i % len(COLORS)]
         fig.add_bar(
             name=sub, marker_color=[color if r.get("used") else "rgba(0,0,0,0)" for r in sel],
             marker_line=dict(color=color, width=2),
@@ -403,7 +407,7 @@ def _comparison_figure(res: dict[str, Any]) -> go.Figure | None:
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m["metric"] for m in metrics])
     for col, m in enumerate(metrics, start=1):  # one axis per metric: their scales differ
         for i, group in enumerate(("pretrained", "random")):
-            fig.add_bar(name=group, x=[group], y=[m[f"{group}_mean"]], marker_color=_COLORS[i],
+            fig.add_bar(name=group, x=[group], y=[m[f"{group}_mean"]], marker_color=COLORS[i],
                         error_y=dict(type="data", array=[m.get(f"{group}_sd") or 0]),
                         showlegend=col == 1, row=1, col=col)
     fig.update_layout(height=380, yaxis_title="mean over seeds (± sd)")
@@ -411,7 +415,8 @@ def _comparison_figure(res: dict[str, Any]) -> go.Figure | None:
 
 
 # ----------------------------------------------------------------------------- html bits
-def _div(fig: go.Figure) -> str:
+def figure_html(fig: go.Figure) -> str:
+    """A plotly figure as an HTML fragment for :func:`page` (plotly.js is loaded by the page)."""
     return pio.to_html(fig, include_plotlyjs=False, full_html=False,
                        config={"displaylogo": False, "responsive": True})
 
@@ -424,7 +429,8 @@ def _pre(text: str) -> str:
     return f"<pre>{html.escape(text)}</pre>"
 
 
-def _table(rows: list[dict[str, Any]], max_rows: int = 200) -> str:
+def html_table(rows: list[dict[str, Any]], max_rows: int = 200) -> str:
+    """An HTML table of ``rows`` (one column per key seen; at most ``max_rows`` rows)."""
     if not rows:
         return ""
     cols = list(dict.fromkeys(k for r in rows for k in r))

@@ -16,3 +16,14 @@ def minilm():
     import modprobe as mp
 
     return mp.load_model("minilm")
+
+
+@pytest.fixture
+def cli_log(caplog, monkeypatch):
+    """``caplog`` with the ``modprobe`` loggers' warnings in it, whatever an earlier
+    ``cli.main`` left set (it stops propagation and may raise the level)."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("modprobe"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="modprobe")
+    return caplog

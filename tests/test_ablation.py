@@ -9,9 +9,9 @@ from torch import nn
 
 import modprobe as mp
 from modprobe import ablation
-from modprobe.ablation._masks import _controls, _specs
+from modprobe.ablation._masks import control_masks, build_specs
 from modprobe._stats import adjust_pvalues
-from modprobe.ablation._stats import _bootstrap_ci, _empirical_p
+from modprobe.ablation._stats import bootstrap_ci, empirical_p
 from modprobe.subroutine import accuracy, r2
 
 
@@ -159,14 +159,14 @@ def _random_masks(model, density, seed):
 
 def test_random_controls_remove_exactly_the_subnetworks_count_per_tensor():
     hm = mp.scratch.mlp([10, 20, 30, 5])
-    spec = _specs(hm, {"S": _random_masks(hm, (0.1, 0.4, 0.05), 0)})["S"]
-    drawn = list(_controls(spec, 30, seed=3, kind="random_ablate"))
+    spec = build_specs(hm, {"S": _random_masks(hm, (0.1, 0.4, 0.05), 0)})["S"]
+    drawn = list(control_masks(spec, 30, seed=3, kind="random_ablate"))
     for removed in drawn:
         assert {p: int(r.sum()) for p, r in removed.items()} == \
                {p: int(m.sum()) for p, m in spec.masks.items()}
     patterns = {tuple(r["fc2.weight"].flatten().tolist()) for r in drawn}
     assert len(patterns) == 30  # distinct draws, not one mask reused
-    for removed in _controls(spec, 10, seed=3, kind="complement_sampled"):
+    for removed in control_masks(spec, 10, seed=3, kind="complement_sampled"):
         for p, r in removed.items():
             assert int(r.sum()) == int(spec.masks[p].sum()) and not (r & spec.masks[p]).any()
 
@@ -174,11 +174,11 @@ def test_random_controls_remove_exactly_the_subnetworks_count_per_tensor():
 def test_random_controls_are_seeded_and_independent_of_other_subnetworks():
     hm = mp.scratch.mlp([10, 20, 5])
     masks = _random_masks(hm, (0.2, 0.2), 0)
-    alone = _specs(hm, {"S": masks})["S"]
-    among = _specs(hm, {"T": _random_masks(hm, (0.5, 0.5), 1), "S": masks})["S"]
-    first = list(_controls(alone, 5, 7, "random_ablate"))
-    again = list(_controls(among, 5, 7, "random_ablate"))
-    other = list(_controls(alone, 5, 8, "random_ablate"))
+    alone = build_specs(hm, {"S": masks})["S"]
+    among = build_specs(hm, {"T": _random_masks(hm, (0.5, 0.5), 1), "S": masks})["S"]
+    first = list(control_masks(alone, 5, 7, "random_ablate"))
+    again = list(control_masks(among, 5, 7, "random_ablate"))
+    other = list(control_masks(alone, 5, 8, "random_ablate"))
     assert all(torch.equal(a[p], b[p]) for a, b in zip(first, again) for p in a)
     assert not all(torch.equal(a[p], b[p]) for a, b in zip(first, other) for p in a)
 
@@ -189,8 +189,8 @@ def test_neuron_controls_remove_whole_neurons():
     rows[[2, 5, 11]] = True
     sub = FakeSubnetwork("S", {"fc1.weight": rows[:, None].expand(20, 10).clone(),
                                "fc1.bias": rows.clone()}, granularity="neuron")
-    spec = _specs(hm, {"S": sub})["S"]
-    for removed in _controls(spec, 20, 0, "random_ablate"):
+    spec = build_specs(hm, {"S": sub})["S"]
+    for removed in control_masks(spec, 20, 0, "random_ablate"):
         w = removed["fc1.weight"]
         assert (w.all(1) | ~w.any(1)).all() and int(w.all(1).sum()) == 3
         assert int(removed["fc1.bias"].sum()) == 3
@@ -200,16 +200,16 @@ def test_head_controls_remove_whole_heads():
     hm = mp.wrap(nn.Sequential(nn.Linear(8, 12)))  # 3 "heads" of 4 output rows
     heads = torch.tensor([False, True, False])
     mask = heads.repeat_interleave(4)[:, None].expand(12, 8).clone()
-    spec = _specs(hm, {"S": FakeSubnetwork("S", {"0.weight": mask}, "head",
+    spec = build_specs(hm, {"S": FakeSubnetwork("S", {"0.weight": mask}, "head",
                                            units={"0.weight": heads})})["S"]
     seen = set()
-    for removed in _controls(spec, 30, 0, "random_ablate"):
+    for removed in control_masks(spec, 30, 0, "random_ablate"):
         per_head = removed["0.weight"].view(3, 4, 8)
         assert (per_head.all((1, 2)) | ~per_head.any((1, 2))).all()
         seen.add(tuple(per_head.all((1, 2)).tolist()))
     assert len(seen) == 3  # every single head drawn at some point
     with pytest.raises(ValueError, match="per-head bool mask"):
-        _specs(hm, {"S": FakeSubnetwork("S", {"0.weight": mask}, "head")})
+        build_specs(hm, {"S": FakeSubnetwork("S", {"0.weight": mask}, "head")})
 
 
 def test_controls_follow_the_unit_layout_the_subnetwork_records():
@@ -219,10 +219,11 @@ def test_controls_follow_the_unit_layout_the_subnetwork_records():
     mask = torch.zeros(12, 8, dtype=torch.bool)
     mask[:, 2:4] = True
     layout = {"0.weight": Slot("0.weight", (12, 8), axis=1, block=2)}
-    spec = _specs(hm, {"S": FakeSubnetwork("S", {"0.weight": mask}, "head", layout=layout)})["S"]
+    sub = FakeSubnetwork("S", {"0.weight": mask}, "head", layout=layout)
+    spec = build_specs(hm, {"S": sub})["S"]
     assert spec.layouts == layout
     seen = set()
-    for removed in _controls(spec, 30, 0, "random_ablate"):
+    for removed in control_masks(spec, 30, 0, "random_ablate"):
         pairs = removed["0.weight"][0].view(4, 2)
         assert (pairs.all(1) | ~pairs.any(1)).all() and int(pairs.all(1).sum()) == 1
         seen.add(tuple(pairs.all(1).tolist()))
@@ -230,7 +231,7 @@ def test_controls_follow_the_unit_layout_the_subnetwork_records():
     split = mask.clone()
     split[:, 3] = False  # half of a unit
     with pytest.raises(ValueError, match="splits a unit of 2"):
-        _specs(hm, {"S": FakeSubnetwork("S", {"0.weight": split}, "head", layout=layout)})
+        build_specs(hm, {"S": FakeSubnetwork("S", {"0.weight": split}, "head", layout=layout)})
 
 
 # ----------------------------------------------------------------------- statistics
@@ -249,15 +250,15 @@ def test_bootstrap_ci_covers_the_true_value_at_about_the_nominal_rate(metric):
             truth = 1 - 0.5 / 1.5  # y = pred + noise, Var(pred) = 1, Var(noise) = 0.5
             logits = torch.randn(n, 1, generator=gen)
             targets, fn = logits + 0.5 ** 0.5 * torch.randn(n, 1, generator=gen), r2
-        low, high = _bootstrap_ci(lambda idx: float(fn(logits[idx], targets[idx])), n, 250,
+        low, high = bootstrap_ci(lambda idx: float(fn(logits[idx], targets[idx])), n, 250,
                                   torch.Generator().manual_seed(s))
         covered += low <= truth <= high
     assert 0.88 <= covered / sims <= 0.99
 
 
 def test_empirical_p_value_counts_ties_and_adds_one():
-    assert _empirical_p(0.5, [0.9] * 99) == pytest.approx(1 / 100)
-    assert _empirical_p(0.5, [0.5, 0.9, 0.4, 0.9]) == pytest.approx(3 / 5)
+    assert empirical_p(0.5, [0.9] * 99) == pytest.approx(1 / 100)
+    assert empirical_p(0.5, [0.5, 0.9, 0.4, 0.9]) == pytest.approx(3 / 5)
 
 
 def test_holm_adjustment():

@@ -37,8 +37,8 @@ def analysis(planted, tmp_path_factory):
 
 
 def check_schema(results):
-    """The documented results.json schema, version 3 (README: 'results.json')."""
-    assert results["schema_version"] == 3 and results["kind"] == "analysis"
+    """The documented results.json schema, version 4 (docs/output.md)."""
+    assert results["schema_version"] == 4 and results["kind"] == "analysis"
     for key, kind in {"label": str, "created": str, "versions": dict, "config": dict, "model": dict,
                       "task": dict, "fit": dict, "subnetworks": dict, "ablation": dict,
                       "probes": dict, "scalars": dict, "verdict": dict}.items():
@@ -57,8 +57,8 @@ def check_schema(results):
         assert {"model", "subnetwork", "eval_task", "condition", "metric", "value", "ci_low",
                 "ci_high", "p_value", "p_adjusted"} <= set(row)
     for row in results["probes"]["rows"]:
-        assert {"model", "hook", "constituent", "accuracy", "ci_low", "ci_high", "control_accuracy",
-                "selectivity", "baseline"} <= set(row)
+        assert {"model", "hook", "constituent", "metric", "score", "ci_low", "ci_high",
+                "control_score", "selectivity", "baseline"} <= set(row)
     json.dumps(results)  # plain JSON all the way down
 
 
@@ -71,7 +71,7 @@ def test_planted_modular_model_is_judged_isolated_and_results_follow_the_schema(
 def test_sub_steps_are_timed_in_results_summary_and_report(analysis):
     results = json.loads((analysis.out / "results.json").read_text())
     masks = results["timings"]["masks"]["steps"]
-    lambdas = len(CONFIG.mask_lambda)
+    lambdas = len(CONFIG.l0_lambda)
     for name in "AB":  # a mask per subroutine and λ
         assert sum(s["step"].startswith(f"mask {name} l0_lambda=") for s in masks) == lambdas
     assert any("necessity round" in s["step"] for s in masks)
@@ -129,14 +129,42 @@ def test_resuming_with_another_configuration_is_refused(planted, analysis):
         mp.analyze(planted[0], planted[1], out=analysis.out, config=other)
 
 
-def test_a_version_2_results_file_reads_in_the_version_3_vocabulary(analysis, tmp_path):
+def _version_3(current):
+    """``current`` results as version 3 wrote them: the probes' accuracy columns and measure."""
+    old = json.loads(json.dumps(current).replace('"control_score"', '"control_accuracy"')
+                     .replace('"heldout_score"', '"heldout_accuracy"'))
+    old["schema_version"] = 3
+    for row in old["probes"]["rows"]:
+        row["accuracy"] = row.pop("score")
+    for config in [*old["probes"]["configs"].values(), old["config"]["probe"]]:
+        config["measure"] = ["accuracy" if m == "score" else m for m in config["measure"]]
+    return old
+
+
+def test_a_version_3_results_file_reads_in_the_current_vocabulary(analysis, tmp_path):
     current = json.loads((analysis.out / "results.json").read_text())
-    old = dict(current, schema_version=2)
+    old = _version_3(current)
+    assert "accuracy" in old["probes"]["rows"][0] and "score" not in old["probes"]["rows"][0]
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    assert mp.analysis.read_results(tmp_path / "results.json") == current
+    old["config"]["probe"]["pooling"] = "none"  # version 3's name of "tokens"
+    assert mp.analysis.upgrade_results(old)["config"]["probe"]["pooling"] == "tokens"
+    run = mp.load_run(tmp_path)
+    assert run.probes.rows == current["probes"]["rows"]
+    assert "score" in run.probes.to_dataframe().columns
+    from modprobe.report import write_report
+
+    write_report(run.results, tmp_path / "report.html")  # the heatmaps read "score"
+    assert "Probe selectivity" in (tmp_path / "report.html").read_text()
+
+
+def test_a_version_2_results_file_reads_in_the_current_vocabulary(analysis, tmp_path):
+    current = json.loads((analysis.out / "results.json").read_text())
+    old = dict(_version_3(current), schema_version=2)
     for part in ("ablation", "verdict", "erasure"):  # probe rows said p_adjusted already
         old[part] = json.loads(json.dumps(current[part]).replace('"p_adjusted"', '"p_holm"')
                                .replace('"p_target_adjusted"', '"p_target_holm"')
                                .replace('"n_bootstrap"', '"n_boot"'))
-    old["probes"] = json.loads(json.dumps(current["probes"]))
     for row in old["probes"]["rows"]:
         row["condition"] = row.pop("model")
     assert old["ablation"]["rows"][0]["p_holm"] is None  # the file really uses the old names
@@ -147,7 +175,8 @@ def test_a_version_2_results_file_reads_in_the_version_3_vocabulary(analysis, tm
     assert upgraded["probes"]["rows"] == [dict(r) for r in current["probes"]["rows"]]
     old["schema_version"] = 1
     (tmp_path / "results.json").write_text(json.dumps(old))
-    with pytest.raises(ValueError, match="schema_version 1, but this modprobe reads version 2 or 3;"):
+    with pytest.raises(ValueError, match="schema_version 1, but this modprobe reads version "
+                                         "2, 3 or 4;"):
         mp.analysis.read_results(tmp_path / "results.json")
 
 
@@ -316,15 +345,15 @@ def test_cli_reaches_mask_method_granularity_and_strategy(tmp_path, monkeypatch)
         assert cli.main(["analyze", "--model-factory", factory, "--task", "hyperteacher",
                          "--out", str(out), "--quick", "--n-random", "20", "--necessity", "none",
                          "--mask-method", "hard_concrete", "--granularity", "neuron",
-                         "--strategy", "mean", "--mask-lambda", "1", "--mask-epochs", "3",
-                         "--probe-measure", "accuracy"]) == 0
+                         "--strategy", "mean", "--l0-lambda", "1", "--mask-epochs", "3",
+                         "--probe-measure", "score"]) == 0
     results = json.loads((out / "results.json").read_text())
     check_schema(results)
     config = results["config"]
     assert (config["mask"]["method"], config["mask"]["granularity"]) == ("hard_concrete", "neuron")
     assert config["mask"]["lr"] == 0.05 and config["mask"]["init"] == 2.0  # the method's defaults
     assert config["ablation"]["strategy"] == "mean"
-    assert config["probe"]["measure"] == ["accuracy"]
+    assert config["probe"]["measure"] == ["score"]
     assert all(c["strategy"] == "mean" for c in results["ablation"]["config"].values())
     for name in results["subnetworks"]:
         sub = mp.pruning.Subnetwork.load(out / "masks" / name)
@@ -366,7 +395,7 @@ def test_cli_verbose_logs_each_stage_and_quiet_logs_nothing(analysis, planted, t
                                                           monkeypatch):
     """A resumed run, so that the CLI does no work: --verbose logs every stage as resumed."""
     monkeypatch.setattr(cli, "_load", lambda args: planted[0])
-    monkeypatch.setattr(cli, "_task", lambda *args: planted[1])
+    monkeypatch.setattr(cli, "load_task", lambda *args: planted[1])
     monkeypatch.setattr(cli, "_config", lambda args: CONFIG)  # the fixture's: it resumes
     argv = ["analyze", "--model", "planted", "--task", "planted", "--out", str(analysis.out)]
     assert cli.main(argv + ["--verbose"]) == 0
@@ -393,3 +422,20 @@ def test_quick_mask_targets_are_the_upper_blocks_and_mask_params_override_them()
     assert mine["params"] == ["blocks.0.mlp.*.weight"] and mine["scope"] == "mask_params"
     plain = mp.wrap(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
     assert mask_targets(plain, quick)["params"] is None  # no list of blocks: everything
+
+
+def test_the_old_shorthand_mask_lambda_sets_l0_lambda_with_a_warning(cli_log):
+    with pytest.warns(DeprecationWarning, match="shorthand 'mask_lambda' is deprecated; use "
+                                                "'l0_lambda'"):
+        config = mp.AnalysisConfig(mask_lambda=(1.0, 5.0))
+    assert config.mask.l0_lambda == config.l0_lambda == (1.0, 5.0)
+    with pytest.warns(DeprecationWarning):
+        assert config.mask_lambda == (1.0, 5.0)
+    with pytest.warns(DeprecationWarning):
+        assert mp.AnalysisConfig.quick(mask_lambda=2.0).mask.l0_lambda == 2.0
+    with pytest.raises(TypeError, match="both 'mask_lambda' and its new name 'l0_lambda'"):
+        mp.AnalysisConfig(mask_lambda=1.0, l0_lambda=2.0)
+    args = cli._parser().parse_args(["analyze", "--model", "m", "--task", "symbolic", "--out",
+                                     "x", "--mask-lambda", "3"])
+    assert cli._config(args).mask.l0_lambda == (3.0,)
+    assert "--mask-lambda is deprecated; use --l0-lambda" in cli_log.text

@@ -81,7 +81,7 @@ def test_a_model_that_does_not_solve_the_task_gets_no_modularity_verdict(tmp_pat
     torch.manual_seed(0)
     untrained = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
                                     torch.nn.Linear(32, 2))
-    config = mp.AnalysisConfig(fit="as_is", mask_epochs=4, mask_lambda=1.0, n_random=20,
+    config = mp.AnalysisConfig(fit="as_is", mask_epochs=4, l0_lambda=1.0, n_random=20,
                                complement=False, probe_cv=3, progress=False)
     analysis = mp.analyze(untrained, task, out=tmp_path, config=config)
     verdict, fit = analysis.results["verdict"], analysis.results["fit"]

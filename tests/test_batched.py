@@ -136,8 +136,8 @@ def test_ablation_scores_are_the_same_with_a_replayed_prefix(strategy, vectorize
                                                              epochs=4, necessity="none"),
                                progress=False)["A"]
     hm = mp.wrap(model)
-    from modprobe.ablation._evaluate import _Evaluator
-    assert _Evaluator(hm, {"A": sub}, UPPER, "zero").recorded  # the prefix is in use
+    from modprobe.ablation._evaluate import Evaluator
+    assert Evaluator(hm, {"A": sub}, UPPER, "zero").recorded  # the prefix is in use
     reports = [mp.ablation.run(model, {"A": subnet}, {"A": sub, "B": sub}, n_random=12, n_bootstrap=50,
                                strategy=strategy, reuse_prefix=reuse, vectorize=vectorize,
                                progress=False)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _planted import Dense, planted_task  # noqa: E402
 
 CONFIG = mp.AnalysisConfig(fit=FitConfig(finetune=False, epochs=1), mask_epochs=2,
-                           mask_lambda=1.0, n_random=3, complement=False, probe_cv=2,
+                           l0_lambda=1.0, n_random=3, complement=False, probe_cv=2,
                            progress=False)
 
 
@@ -84,7 +84,7 @@ NAN = float("nan")
     (lambda: mp.AnalysisConfig(validation_fraction=1.5), r"validation_fraction .*\[0, 1\), got 1.5"),
     (lambda: mp.AnalysisConfig(probe_cv=1), r"probe_cv must be an integer >= 2, got 1"),
     (lambda: mp.AnalysisConfig(seed=-1), r"seed must be an integer >= 0, got -1"),
-    (lambda: mp.AnalysisConfig(mask_lambda=(1.0, NAN)), r"mask_lambda must be a finite number"),
+    (lambda: mp.AnalysisConfig(l0_lambda=(1.0, NAN)), r"l0_lambda must be a finite number"),
     (lambda: mp.AnalysisConfig(mask_epochs=2.5), r"mask_epochs must be an integer"),
     (lambda: MaskConfig(l0_lambda=NAN), r"l0_lambda must be a finite number >= 0.*got nan"),
     (lambda: MaskConfig(epochs=2.5), r"epochs must be an integer >= 1, got 2.5"),
@@ -298,8 +298,8 @@ _V = _validate.SCHEMA_VERSION
 
 @pytest.mark.parametrize("text, match", [
     (json.dumps({"schema_version": _V + 1, "kind": "analysis"}),
-     rf"schema_version {_V + 1}, but this modprobe reads version (2 or )?{_V}; it was written by a newer "
-     "modprobe"),
+     rf"schema_version {_V + 1}, but this modprobe reads version (2, 3 or )?{_V}; it was written "
+     "by a newer modprobe"),
     (json.dumps({"schema_version": _V, "kind": "nonsense"}),
      r"kind 'nonsense', expected 'analysis' or 'comparison'"),
     ("", r"results.json is empty"),

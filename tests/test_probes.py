@@ -50,7 +50,7 @@ def _noise_with_code(n, dim, labels, planted, n_layers, strength, seed=0):
     return Stored(tables)
 
 
-def _by_hook(report, constituent, column="accuracy"):
+def _by_hook(report, constituent, column="score"):
     return {r["hook"]: r[column] for r in report.rows if r["constituent"] == constituent}
 
 
@@ -77,8 +77,8 @@ def test_continuous_constituent_is_scored_by_ridge_r2():
     report = decodability(Stored(tables), torch.arange(n), {"z": z}, control=False, **FAST)
     rows = {r["hook"]: r for r in report.rows}
     assert {r["metric"] for r in rows.values()} == {"r2"}
-    assert rows["layers.1"]["accuracy"] > 0.85 and rows["layers.0"]["accuracy"] < 0.1
-    assert rows["layers.1"]["ci_low"] < rows["layers.1"]["accuracy"] < rows["layers.1"]["ci_high"]
+    assert rows["layers.1"]["score"] > 0.85 and rows["layers.0"]["score"] < 0.1
+    assert rows["layers.1"]["ci_low"] < rows["layers.1"]["score"] < rows["layers.1"]["ci_high"]
     assert abs(rows["layers.1"]["baseline"]) < 0.05  # predicting the training mean
 
 
@@ -104,7 +104,7 @@ def test_a_lookup_of_repeated_inputs_decodes_labels_and_control_alike():
     table = torch.randn(12, 16, generator=_gen(11))
     report = decodability(Stored([table]), types, {"y": y}, input_baseline=False, **FAST)
     (row,) = report.rows
-    assert row["accuracy"] > 0.95 and row["control_accuracy"] > 0.9
+    assert row["score"] > 0.95 and row["control_score"] > 0.9
     assert row["selectivity"] < 0.1
 
 
@@ -126,10 +126,10 @@ def test_heldout_combinations_decode_when_the_code_is_compositional_not_a_lookup
                               heldout=(idx[held], {"a": combos[held, 0]}, group[held]),
                               input_baseline=False, **FAST)
         (rows[name],) = report.rows
-    assert rows["additive"]["accuracy"] > 0.7 and rows["additive"]["heldout_accuracy"] > 0.9
-    assert rows["lookup"]["accuracy"] < 0.45 and rows["lookup"]["heldout_accuracy"] < 0.45
+    assert rows["additive"]["score"] > 0.7 and rows["additive"]["heldout_score"] > 0.9
+    assert rows["lookup"]["score"] < 0.45 and rows["lookup"]["heldout_score"] < 0.45
     row = rows["additive"]
-    assert row["heldout_ci_low"] <= row["heldout_accuracy"] <= row["heldout_ci_high"]
+    assert row["heldout_ci_low"] <= row["heldout_score"] <= row["heldout_ci_high"]
     assert row["heldout_baseline"] == pytest.approx(0.25)  # one held-out combination per class
 
 
@@ -168,8 +168,8 @@ def test_control_accuracy_of_unrelated_features_sits_at_chance():
         model = Stored([torch.randn(90, 6, generator=_gen(100 + seed))])
         report = decodability(model, torch.arange(90), {"y": torch.arange(90) % 3}, seed=seed,
                               input_baseline=False, **FAST)
-        accuracy.append(report.rows[0]["accuracy"])
-        control.append(report.rows[0]["control_accuracy"])
+        accuracy.append(report.rows[0]["score"])
+        control.append(report.rows[0]["control_score"])
     assert abs(np.mean(accuracy) - 1 / 3) < 0.04 and abs(np.mean(control) - 1 / 3) < 0.04
 
 
@@ -179,7 +179,7 @@ def test_pooling_reads_only_real_positions():
     mean, _ = _pool_positions(x, mask, "mean")
     last, _ = _pool_positions(x, mask, "last")
     first, _ = _pool_positions(x, mask, "first")
-    rows, example = _pool_positions(x, mask, "none")
+    rows, example = _pool_positions(x, mask, "tokens")
     assert mean.flatten().tolist() == [1.0, 3.5] and last.flatten().tolist() == [2.0, 4.0]
     assert first.flatten().tolist() == [0.0, 3.0]
     assert rows.flatten().tolist() == [0, 1, 2, 3, 4] and example.tolist() == [0, 0, 0, 1, 1]
@@ -235,10 +235,10 @@ def test_engines_agree_within_one_point_on_every_row_including_near_chance():
     reports = [decodability(model, torch.arange(600), labels, engine=e, **options)
                for e in ("torch", "sklearn")]
     for a, b in zip(*(r.rows for r in reports)):
-        assert abs(a["accuracy"] - b["accuracy"]) <= 0.01, (a, b)
-        assert abs(a["control_accuracy"] - b["control_accuracy"]) <= 0.01, (a, b)
+        assert abs(a["score"] - b["score"]) <= 0.01, (a, b)
+        assert abs(a["control_score"] - b["control_score"]) <= 0.01, (a, b)
         assert a["compression"] == pytest.approx(b["compression"], rel=0.02)
-    acc = {(r["hook"], r["constituent"]): r["accuracy"] for r in reports[0].rows}
+    acc = {(r["hook"], r["constituent"]): r["score"] for r in reports[0].rows}
     assert acc["layers.0", "a"] > 0.6 and acc["layers.0", "b"] > 0.6  # decodable rows
     assert acc["layers.1", "a"] < 0.35 and acc["layers.1", "b"] < 0.6  # near-chance rows
 
@@ -248,7 +248,7 @@ def test_mdl_compresses_a_planted_code_and_not_noise_or_the_control_task():
     n = 400
     y = torch.arange(n) % 4
     model = _noise_with_code(n, 16, y, planted=1, n_layers=3, strength=1.0)
-    report = decodability(model, torch.arange(n), {"y": y}, measure=("accuracy", "mdl"),
+    report = decodability(model, torch.arange(n), {"y": y}, measure=("score", "mdl"),
                           input_baseline=False, **FAST)
     rows = {r["hook"]: r for r in report.rows}
     assert rows["layers.1"]["uniform_codelength"] == pytest.approx(n * 2.0)  # log2(4) bits each
@@ -272,7 +272,7 @@ def test_mdl_separates_codes_that_accuracy_cannot():
     report = decodability(Stored([easy, hard]), torch.arange(n), {"y": y}, measure="mdl",
                           input_baseline=False, control=False, **FAST)
     easy_row, hard_row = report.rows
-    assert easy_row["accuracy"] > 0.97 and hard_row["accuracy"] > 0.97
+    assert easy_row["score"] > 0.97 and hard_row["score"] > 0.97
     assert easy_row["compression"] > 1.3 * hard_row["compression"]
 
 
@@ -308,6 +308,97 @@ def test_same_seed_same_report_other_seed_other_folds():
     run = [decodability(model, torch.arange(n), {"y": y}, seed=s, **FAST).rows for s in (0, 0, 1)]
     assert run[0] == run[1]
     assert run[0] != run[2]
+
+
+# ----------------------------------------------------------------- measures
+class _Majority(mp.probes.ProbeMeasure):
+    """A toy measure: the share of the majority class (None for continuous constituents)."""
+
+    name, columns, table = "majority_share", ("majority_share",), ("majority_share",)
+
+    def measure(self, batch):
+        share = [float(torch.bincount(y).max()) / len(y) if batch.discrete else None
+                 for y in batch.real]
+        return [[{"majority_share": s} for s in share] for _ in batch.hooks]
+
+
+@pytest.fixture
+def majority():
+    measure = mp.probes.measures.register(_Majority())
+    yield measure
+    mp.probes.measures.unregister(measure.name)
+
+
+def test_a_registered_measure_adds_its_column_to_every_row(majority):
+    from modprobe.cli import _parser
+
+    n = 120
+    y, z = torch.arange(n) % 4 == 0, torch.randn(n, generator=_gen(2)).double()
+    model = _noise_with_code(n, 8, y.long(), planted=0, n_layers=2, strength=1.0)
+    report = decodability(model, torch.arange(n), {"y": y, "z": z},
+                          measure="majority_share", **FAST)
+    assert report.configs["model"]["measure"] == ("score", "majority_share")
+    shares = {(r["hook"], r["constituent"]): r["majority_share"] for r in report.rows}
+    assert set(shares) == {(h, c) for h in ("input", "layers.0", "layers.1") for c in "yz"}
+    assert all(shares[h, "y"] == 0.75 and shares[h, "z"] is None for h, _ in shares)
+    assert all(r["score"] is not None for r in report.rows)  # always reported beside it
+    assert "majority_share" in report.to_dataframe().columns
+    assert "majority_share" in report.table().splitlines()[0]
+    args = _parser().parse_args(["analyze", "--model", "m", "--task", "symbolic", "--out", "x",
+                                 "--probe-measure", "majority_share"])
+    assert args.probe_measure == ["majority_share"]
+
+
+def test_measures_are_checked_by_name_and_by_what_they_return(majority):
+    with pytest.raises(ValueError, match=r"unknown measures \['nope'\].*register one"):
+        ProbeConfig(measure="nope")
+    with pytest.raises(ValueError, match="registered already"):
+        mp.probes.measures.register(_Majority())
+
+    class Flat(_Majority):
+        name = "flat"
+
+        def measure(self, batch):
+            return [{"flat": 1.0}]
+
+    mp.probes.measures.register(Flat())
+    try:
+        with pytest.raises(TypeError, match="'flat' must return one dict of columns per hook"):
+            decodability(Stored([torch.randn(30, 4)]), torch.arange(30),
+                         {"y": torch.arange(30) % 2}, measure="flat", **FAST)
+    finally:
+        mp.probes.measures.unregister("flat")
+    assert "flat" not in mp.probes.measures.names()
+
+
+def test_the_old_measure_name_accuracy_reads_as_score_with_a_warning(cli_log):
+    from modprobe.cli import _config, _parser
+
+
+    with pytest.warns(DeprecationWarning, match=r"measure='accuracy' is deprecated; use "
+                                                r"measure='score'"):
+        assert ProbeConfig(measure=("accuracy", "mdl")).measure == ("score", "mdl")
+    args = _parser().parse_args(["analyze", "--model", "m", "--task", "symbolic", "--out", "x",
+                                 "--probe-measure", "accuracy", "mdl"])
+    assert _config(args).probe.measure == ("score", "mdl")
+    assert "--probe-measure accuracy is deprecated; use --probe-measure score" in cli_log.text
+
+
+def test_the_old_pooling_name_none_reads_as_tokens_with_a_warning(cli_log):
+    from modprobe.cli import _config, _parser
+
+    with pytest.warns(DeprecationWarning, match=r"pooling='none' is deprecated; use "
+                                                r"pooling='tokens'"):
+        assert ProbeConfig(pooling="none").pooling == "tokens"
+    args = _parser().parse_args(["analyze", "--model", "m", "--task", "symbolic", "--out", "x",
+                                 "--probe-pooling", "none"])
+    assert _config(args).probe.pooling == "tokens"
+    assert "--probe-pooling none is deprecated; use --probe-pooling tokens" in cli_log.text
+    n = 40
+    with pytest.warns(DeprecationWarning, match=r"erase.pooling='none' is deprecated"):
+        erasure = mp.probes.erase(Stored([torch.randn(n, 3, 4, generator=_gen(0))]), "layers.0",
+                                  torch.arange(n), torch.arange(n) % 2, pooling="none")
+    assert erasure.rank == 1
 
 
 # ----------------------------------------------------------------- statistics
@@ -421,16 +512,16 @@ def test_default_hooks_of_a_plain_mlp_are_its_top_level_layers():
     assert _by_hook(report, "y")["input"] > 0.9  # the raw input holds the constituent
 
 
-def test_pooling_none_probes_every_real_position_with_token_types_as_control_units(bert):
+def test_pooling_tokens_probes_every_real_position_with_token_types_as_control_units(bert):
     inputs, y = _tokens()
     ids = inputs["input_ids"]
     inputs["input_ids"] = 5 + 10 * y[:, None] + ids % 10  # every token tells y
-    report = decodability(bert, inputs, {"y": y}, pooling="none", **FAST)
+    report = decodability(bert, inputs, {"y": y}, pooling="tokens", **FAST)
     assert {r["n"] for r in report.rows} == {int(inputs["attention_mask"].sum())}
     rows = {r["hook"]: r for r in report.rows}
-    assert min(r["accuracy"] for r in rows.values()) > 0.9
+    assert min(r["score"] for r in rows.values()) > 0.9
     # one-hot tokens are a lookup of token types: their random control labels are memorised too
-    assert rows["input"]["control_accuracy"] > 0.9 and rows["input"]["selectivity"] < 0.1
+    assert rows["input"]["control_score"] > 0.9 and rows["input"]["selectivity"] < 0.1
 
 
 def test_a_task_like_object_stands_for_inputs_labels_and_groups():

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 TASK = {"name": "hyperteacher", "n_train": 256, "n_test": 128, "n_modules": 4, "max_active": 2,
         "dim": 4}
-CONFIG = {"quick": True, "mask_epochs": 2, "mask_lambda": [1.0], "n_random": 20, "probe_cv": 2,
+CONFIG = {"quick": True, "mask_epochs": 2, "l0_lambda": [1.0], "n_random": 20, "probe_cv": 2,
           "probe_hooks": ["act1"], "fit": {"epochs": 5, "lr": 3e-3, "backbone_lr": 3e-3}}
 MODEL = {"factory": "_sweep_models:pretrained", "args": {"width": 8}}
 STUDY = {"name": "tiny", "base": {"model": MODEL, "task": TASK, "config": CONFIG},
@@ -318,7 +318,7 @@ def test_scaling_reproduction_quick_tables_follow_from_the_sweep(scaling_local, 
     table, probes = pd.read_parquet(out / "table.parquet"), pd.read_parquet(out / "probes.parquet")
     assert sorted(summary["model.width"]) == [8, 16]
     deep = probes[probes["constituent"].str.startswith("strength_") & (probes["hook"] == "act2")]
-    deep = deep.groupby("cell")["accuracy"].mean()
+    deep = deep.groupby("cell")["score"].mean()
     for _, row in summary.iterrows():
         cells = table[table["model.width"] == row["model.width"]]
         trained = cells[cells["config.fit.finetune"]]

@@ -153,11 +153,21 @@ def test_bad_family_options_name_the_valid_range(family, options, message):
         tasks.load(family, **options)
 
 
-def test_public_task_pieces_keep_the_older_private_names():
+def test_task_families_build_on_public_names_of_base_only():
+    import ast
+    import importlib
+
     from modprobe.tasks import base
 
-    assert base._Draw is tasks.Draw and base._assemble is tasks.assemble
-    assert base._rng is tasks.stream_rng and base._cycle is tasks.cycle
+    for name in tasks.names():
+        source = Path(importlib.import_module(f"modprobe.tasks.{name}").__file__).read_text()
+        imported = [a.name for node in ast.walk(ast.parse(source))
+                    if isinstance(node, ast.ImportFrom) and node.module == "base"
+                    for a in node.names]
+        assert imported and not [n for n in imported if n.startswith("_")], name
+        assert all(n in tasks.__all__ and getattr(tasks, n) is getattr(base, n)
+                   for n in imported), name
+    assert not hasattr(base, "_assemble") and not hasattr(base, "_Draw")
 
 
 class _Bad:

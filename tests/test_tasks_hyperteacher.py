@@ -7,7 +7,7 @@ import torch
 
 from modprobe import tasks
 from modprobe.tasks import hyperteacher
-from modprobe.tasks.base import _rng
+from modprobe.tasks.base import stream_rng
 
 M, DIM, K = 16, 16, 3
 
@@ -28,7 +28,7 @@ def _active_sets(inputs):
 
 def _teacher_by_hand(seed, z, x):
     """One example at a time: W = sum_m z_m / sqrt(K) Theta_m; y = R^T relu(W^T x + b)."""
-    t = hyperteacher._Teacher.sample(_rng(seed, "teacher"), M, DIM, K)
+    t = hyperteacher._Teacher.sample(stream_rng(seed, "teacher"), M, DIM, K)
     out = np.zeros((len(z), DIM))
     for n in range(len(z)):
         weights, bias = np.zeros((DIM, DIM)), np.zeros(DIM)

@@ -24,7 +24,7 @@ Removed = Mapping[str, torch.Tensor]  # param name -> bool tensor, True = remove
 EVAL_BATCH = 256  # examples per forward pass unless the subroutine's batches are larger
 
 
-class _Task:
+class EvalData:
     """One evaluation subroutine with its batches cached on the device."""
 
     def __init__(self, sub: Subroutine, device: torch.device, batch_size: int | None):
@@ -40,16 +40,16 @@ class _Task:
         return self.sub.score(readouts[idx], self.targets[idx])
 
 
-class _Evaluator:
+class Evaluator:
     """Scores of the model on every task under many removal masks."""
 
     def __init__(self, model: HookedModel, tasks: Mapping[str, Subroutine], params: Sequence[str],
                  strategy: str, *, replacement: Mapping[str, torch.Tensor] | None = None,
-                 means: "_MeanAblation | None" = None, batch_size: int | None = None,
+                 means: "MeanAblation | None" = None, batch_size: int | None = None,
                  vectorize: bool | None = None, chunk: int = 8, reuse_prefix: bool = True):
         self.model = model
         device = model.device
-        self.tasks = {name: _Task(sub, device, batch_size) for name, sub in tasks.items()}
+        self.tasks = {name: EvalData(sub, device, batch_size) for name, sub in tasks.items()}
         self.base = model.params(list(params))
         self.strategy = strategy
         self.replacement = replacement
@@ -129,7 +129,7 @@ class _Evaluator:
         return self.means.applied(removed) if self.means is not None else contextlib.nullcontext()
 
 
-class _MeanAblation:
+class MeanAblation:
     """Mean ablation of output units (neurons, channels) through forward hooks on hook points.
 
     A masked weight's output units are the units of its layer's output: rows of a Linear or
@@ -146,7 +146,7 @@ class _MeanAblation:
     def output_axes(self) -> dict[str, int]:
         return {p: axis for p, (_, _, axis) in self.places.items()}
 
-    def fit(self, batches: Sequence[Any]) -> "_MeanAblation":
+    def fit(self, batches: Sequence[Any]) -> "MeanAblation":
         hooks = sorted(self.dims)
         dims = self.dims
         sums: dict[str, torch.Tensor] = {}

@@ -19,7 +19,7 @@ from ..pruning.layout import GRANULARITIES, Slot, unit_axis
 
 
 @dataclass
-class _Spec:
+class MaskSpec:
     """One validated subnetwork: the CPU bool masks an ablation removes (the necessary set when
     one was searched, else the subnetwork itself), the unit layout of each masked tensor, and
     ``keep``: the sufficient subnetwork that keep-only keeps (``masks`` when they coincide)."""
@@ -36,8 +36,8 @@ class _Spec:
         return self.masks if self.keep is None else self.keep
 
 
-def _specs(model: Any, subnetworks: Mapping[str, Any], *,
-           output_axes: Mapping[str, int] | None = None) -> dict[str, _Spec]:
+def build_specs(model: Any, subnetworks: Mapping[str, Any], *,
+           output_axes: Mapping[str, int] | None = None) -> dict[str, MaskSpec]:
     """Validate ``{name: Subnetwork-like or {param: bool mask}}`` against the model's parameters.
 
     A Subnetwork's recorded ``layout`` gives each tensor's units; for plain masks they are read
@@ -75,7 +75,7 @@ def _specs(model: Any, subnetworks: Mapping[str, Any], *,
                               None if output_axes is None else output_axes[p], recorded.get(p))
                    for p, m in clean.items()}
         necessity = getattr(sub, "necessity", None) if keep is not None else None
-        specs[name] = _Spec(name, clean, granularity, layouts, keep, necessity or {})
+        specs[name] = MaskSpec(name, clean, granularity, layouts, keep, necessity or {})
     return specs
 
 
@@ -138,17 +138,18 @@ def _layout(sub: str, param: str, mask: torch.Tensor, granularity: str, units: A
     return slot
 
 
-def _generator(seed: int, *parts: str) -> torch.Generator:
+def seeded_generator(seed: int, *parts: str) -> torch.Generator:
     """A CPU generator seeded from ``seed`` and names, independent of iteration order."""
     digest = hashlib.sha256("/".join([str(seed), *parts]).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def _controls(spec: _Spec, n: int, seed: int, kind: str) -> Iterator[dict[str, torch.Tensor]]:
+def control_masks(spec: MaskSpec, n: int, seed: int, kind: str
+                  ) -> Iterator[dict[str, torch.Tensor]]:
     """``n`` seeded removal masks, each removing exactly as many units per tensor as ``spec``
     keeps, drawn without replacement from the whole tensor (``"random_ablate"``) or from outside
     the subnetwork only (``"complement_sampled"``)."""
-    gen = _generator(seed, spec.name, kind)
+    gen = seeded_generator(seed, spec.name, kind)
     pools = {}  # per tensor: (kept units, pool to draw from (None: every unit), how many)
     for p, mask in spec.masks.items():
         kept = spec.layouts[p].units(mask)
@@ -165,7 +166,7 @@ def _controls(spec: _Spec, n: int, seed: int, kind: str) -> Iterator[dict[str, t
         yield removed
 
 
-def _no_complement(spec: _Spec) -> list[str]:
+def no_complement(spec: MaskSpec) -> list[str]:
     """Tensors where the subnetwork keeps more units than lie outside it: no complement control."""
     short = []
     for p, mask in spec.masks.items():
@@ -175,7 +176,7 @@ def _no_complement(spec: _Spec) -> list[str]:
     return short
 
 
-def _overlap(specs: Mapping[str, _Spec], label: str) -> list[dict[str, Any]]:
+def mask_overlap(specs: Mapping[str, MaskSpec], label: str) -> list[dict[str, Any]]:
     """Jaccard overlap of the sufficient subnetworks' kept weights for each pair, per tensor and
     overall.
 
@@ -212,7 +213,7 @@ def _overlap_row(label: str, a: str, b: str, tensor: str, ka: int, kb: int, shar
                 jaccard=jaccard(shared), jaccard_chance=jaccard(expected))
 
 
-def _separation(a: _Spec, b: _Spec, n: int, seed: int) -> dict[str, Any] | None:
+def separation(a: MaskSpec, b: MaskSpec, n: int, seed: int) -> dict[str, Any] | None:
     """Do the ablated sets of ``a`` and ``b`` avoid each other more than chance would?
 
     Counts the units (weights, neurons or heads) in both sets, tensor by tensor, against
@@ -224,7 +225,8 @@ def _separation(a: _Spec, b: _Spec, n: int, seed: int) -> dict[str, Any] | None:
     common = [p for p in a.masks if p in b.masks]
     if not common:
         return None
-    rng = np.random.default_rng(int(_generator(seed, a.name, b.name, "separation").initial_seed()))
+    rng = np.random.default_rng(
+        int(seeded_generator(seed, a.name, b.name, "separation").initial_seed()))
     observed, expected, draws = 0, 0.0, np.zeros(n, dtype=np.int64)
     for p in common:
         ua, ub = a.layouts[p].units(a.masks[p]), b.layouts[p].units(b.masks[p])

@@ -12,12 +12,13 @@ from tqdm.auto import tqdm
 
 from ..models import reinitialize, wrap
 from ..subroutine import Subroutine, as_subroutine, check_output, move_to
-from ._evaluate import _Evaluator, _MeanAblation
-from ._masks import _no_complement, _controls, _generator, _overlap, _separation, _Spec, _specs
+from ._evaluate import Evaluator, MeanAblation
+from ._masks import (MaskSpec, build_specs, control_masks, mask_overlap, no_complement,
+                     seeded_generator, separation)
 from ._report import AblationReport
 from .._stats import adjust_pvalues
 from .._validate import Bool, Instance, Int, OneOf, Real, Text, check, configured
-from ._stats import _bootstrap_ci, _effect, _empirical_p, _interval
+from ._stats import bootstrap_ci, effect_size, empirical_p, percentile_interval
 from ._verdict import VerdictRules, judge
 
 STRATEGIES = ("zero", "random", "mean")
@@ -97,11 +98,11 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
     tasks = _tasks(eval_data)
     for name, sub in tasks.items():
         check_output(hm, sub, name)
-    specs = _specs(hm, subnetworks)
+    specs = build_specs(hm, subnetworks)
     params = list(dict.fromkeys(p for s in specs.values() for p in s.masks))
-    means = _MeanAblation(hm, params) if strategy == "mean" else None
+    means = MeanAblation(hm, params) if strategy == "mean" else None
     if means is not None:
-        specs = _specs(hm, subnetworks, output_axes=means.output_axes)
+        specs = build_specs(hm, subnetworks, output_axes=means.output_axes)
     goals = _targets(specs, tasks, targets)
     _warn_resolution(cfg, len(specs) * len(tasks))
     with hm.evaluating(), torch.no_grad():
@@ -109,7 +110,7 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
         if strategy == "random":
             fresh = reinitialize(hm, seed).params(params)
             replacement = {p: w.to(hm.device) for p, w in fresh.items()}
-        ev = _Evaluator(hm, tasks, params, strategy, replacement=replacement, means=means,
+        ev = Evaluator(hm, tasks, params, strategy, replacement=replacement, means=means,
                         batch_size=cfg.batch_size, vectorize=cfg.vectorize, chunk=cfg.mask_chunk,
                         reuse_prefix=cfg.reuse_prefix)
         if means is not None:
@@ -120,7 +121,7 @@ def run(model: Any, subnetworks: Mapping[str, Any], eval_data: Mapping[str, Any]
     _adjust(rows, cfg)
     chance = {name: sub.chance_level() for name, sub in tasks.items()}
     return AblationReport(rows=rows, isolation=_isolation(rows, specs, goals, chance, cfg),
-                          overlap=_overlap(specs, label), controls=controls,
+                          overlap=mask_overlap(specs, label), controls=controls,
                           config={label: asdict(cfg)})
 
 
@@ -131,7 +132,7 @@ def _tasks(eval_data: Mapping[str, Any]) -> dict[str, Subroutine]:
     return {name: as_subroutine(data) for name, data in eval_data.items()}
 
 
-def _targets(specs: Mapping[str, _Spec], tasks: Mapping[str, Subroutine],
+def _targets(specs: Mapping[str, MaskSpec], tasks: Mapping[str, Subroutine],
              targets: Mapping[str, str] | None) -> dict[str, str | None]:
     targets = dict(targets or {})
     for name, task in targets.items():
@@ -153,7 +154,7 @@ def _warn_resolution(cfg: AblationConfig, m: int) -> None:
                       f"n_random >= {need}", stacklevel=3)
 
 
-def _measure(ev: _Evaluator, specs: Mapping[str, _Spec], cfg: AblationConfig,
+def _measure(ev: Evaluator, specs: Mapping[str, MaskSpec], cfg: AblationConfig,
              progress: bool, timings: list[dict] | None = None
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluate every condition and turn the scores into rows (p-values not yet adjusted)."""
@@ -184,7 +185,7 @@ def _measure(ev: _Evaluator, specs: Mapping[str, _Spec], cfg: AblationConfig,
                 rows.append(row)
         lap(f"ablation {name} targeted conditions")
         for kind in cfg.kinds:
-            crowded = _no_complement(spec) if kind == "complement_sampled" else []
+            crowded = no_complement(spec) if kind == "complement_sampled" else []
             if crowded:
                 warnings.warn(f"subnetwork {name!r} keeps more than half of {crowded}, so no "
                               "complement of equal size exists; skipping its complement_sampled "
@@ -192,7 +193,7 @@ def _measure(ev: _Evaluator, specs: Mapping[str, _Spec], cfg: AblationConfig,
                 bar.update(cfg.n_random)
                 continue
             values: dict[str, list[float]] = {task: [] for task in ev.tasks}
-            masks = _controls(spec, cfg.n_random, cfg.seed, kind)
+            masks = control_masks(spec, cfg.n_random, cfg.seed, kind)
             for chunk in _chunks(masks, cfg.mask_chunk):
                 for task, got in ev.scores(chunk).items():
                     values[task] += got
@@ -217,7 +218,7 @@ def _chunks(items, size: int):
         yield chunk
 
 
-def _row(ev: _Evaluator, cfg: AblationConfig, subnetwork: str | None, task: str, condition: str,
+def _row(ev: Evaluator, cfg: AblationConfig, subnetwork: str | None, task: str, condition: str,
          **values: Any) -> dict[str, Any]:
     t = ev.tasks[task]
     row = dict(model=cfg.label, subnetwork=subnetwork, eval_task=task, condition=condition,
@@ -228,7 +229,7 @@ def _row(ev: _Evaluator, cfg: AblationConfig, subnetwork: str | None, task: str,
     return row
 
 
-def _scored_row(ev: _Evaluator, cfg: AblationConfig, subnetwork: str | None, task: str,
+def _scored_row(ev: Evaluator, cfg: AblationConfig, subnetwork: str | None, task: str,
                 condition: str, removed: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The score of one condition with a bootstrap CI over examples (paired across conditions:
     every condition of a task resamples the same example indices)."""
@@ -236,19 +237,19 @@ def _scored_row(ev: _Evaluator, cfg: AblationConfig, subnetwork: str | None, tas
     readouts = ev.readouts(task, removed)
     low = high = None
     if cfg.n_bootstrap:
-        gen = _generator(cfg.seed, "bootstrap", task)
-        low, high = _bootstrap_ci(lambda idx: t.score(readouts, idx), len(t.targets),
+        gen = seeded_generator(cfg.seed, "bootstrap", task)
+        low, high = bootstrap_ci(lambda idx: t.score(readouts, idx), len(t.targets),
                                   cfg.n_bootstrap, gen)
     return _row(ev, cfg, subnetwork, task, condition, value=t.score(readouts),
                 ci_low=low, ci_high=high)
 
 
-def _control_row(ev: _Evaluator, cfg: AblationConfig, subnetwork: str, task: str, kind: str,
+def _control_row(ev: Evaluator, cfg: AblationConfig, subnetwork: str, task: str, kind: str,
                  values: list[float], ablated: float) -> dict[str, Any]:
-    low, high = _interval(values)
-    effect, effect_z = _effect(ablated, values)
+    low, high = percentile_interval(values)
+    effect, effect_z = effect_size(ablated, values)
     return _row(ev, cfg, subnetwork, task, kind, value=sum(values) / len(values), ci_low=low,
-                ci_high=high, n_controls=len(values), p_value=_empirical_p(ablated, values),
+                ci_high=high, n_controls=len(values), p_value=empirical_p(ablated, values),
                 effect=effect, effect_z=effect_z)
 
 
@@ -260,7 +261,7 @@ def _adjust(rows: list[dict[str, Any]], cfg: AblationConfig) -> None:
             r["p_adjusted"] = p
 
 
-def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
+def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, MaskSpec],
                goals: Mapping[str, str | None], chance: Mapping[str, float],
                cfg: AblationConfig) -> list[dict[str, Any]]:
     """Per subnetwork S of subroutine A: the verdict of :func:`._verdict.judge` with its evidence,
@@ -300,7 +301,7 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
                 subnetwork_score=score("keep_only", target) - score("keep_only", other),
                 ablation_score=score("ablate", target) - score("ablate", other),
                 subnetwork=rival,
-                **((_separation(spec, specs[rival], max(cfg.n_random, 999), cfg.seed) or {})
+                **((separation(spec, specs[rival], max(cfg.n_random, 999), cfg.seed) or {})
                    if rival is not None else {})))
         if not entry["others"]:
             entry["reason"] = "needs a second eval task to check that other subroutines survive"
@@ -313,7 +314,7 @@ def _isolation(rows: list[dict[str, Any]], specs: Mapping[str, _Spec],
     return out
 
 
-def _necessity_summary(spec: _Spec) -> dict[str, Any] | None:
+def _necessity_summary(spec: MaskSpec) -> dict[str, Any] | None:
     """How the ablated set was found: rounds peeled, whether the subroutine broke, sizes."""
     if spec.keep is None:
         return None

@@ -2,7 +2,7 @@
 
 Activations are collected once per batch through ``HookedModel.run_with_cache`` and kept pooled,
 in float32 on the CPU, so memory grows with examples x width, never with sequence length (except
-for ``pooling="none"``, which keeps every real position as its own row).
+for ``pooling="tokens"``, which keeps every real position as its own row).
 
 Shapes: ``(N, D)`` is used as is; ``(N, T, D)`` is a sequence (TransformerLens layout) pooled over
 ``T`` with the attention mask when one is given; ``(N, C, *spatial)`` (a conv map) is read as ``C``
@@ -20,10 +20,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models import HookedModel
+from .._validate import renamed
 from ..subroutine import index_inputs, move_to
 
 INPUT = "input"
-POOLINGS = ("mean", "first", "last", "none")
+POOLINGS = ("mean", "first", "last", "tokens")
+
+
+def pooling_name(pooling: Any, where: str, stacklevel: int = 4) -> Any:
+    """``pooling``, with the old name ``"none"`` (every position its own row) read as
+    ``"tokens"`` and a DeprecationWarning; ``where`` names the setting, ``stacklevel`` the
+    caller's frame for the warning (as for :func:`warnings.warn`, counted from here)."""
+    return renamed(pooling, "none", "tokens", where, stacklevel=stacklevel + 1)
 
 
 @dataclass
@@ -32,7 +40,7 @@ class InputRows:
 
     features: dict[str, torch.Tensor]  # hook -> (R, D) float32
     example: torch.Tensor  # (R,) the example each row comes from
-    types: torch.Tensor  # (R,) input-type id per row: same id = same input (token for "none")
+    types: torch.Tensor  # (R,) input-type id per row: same id = same input (token for "tokens")
 
 
 def default_hooks(model: HookedModel) -> list[str]:
@@ -85,7 +93,7 @@ def collect(model: HookedModel, inputs: Any, hooks: Sequence[str], pooling: str,
             for hook in hooks:
                 rows, example = _pool(cache[hook], batch_mask, pooling, hook)
                 if rows_of is not None and not torch.equal(example, rows_of):
-                    raise ValueError(f"pooling='none' needs the same positions at every hook; "
+                    raise ValueError(f"pooling='tokens' needs the same positions at every hook; "
                                      f"{hook!r} has {len(example)} rows where {hooks[0]!r} has "
                                      f"{len(rows_of)}: probe these hooks in separate calls")
                 rows_of = example
@@ -99,8 +107,8 @@ def _pool(act: torch.Tensor, mask: torch.Tensor | None, pooling: str, hook: str
     """``(rows, example index within the batch)`` of one hook's batch of activations."""
     n = act.shape[0]
     if act.dim() == 2:
-        if pooling == "none":
-            raise ValueError(f"pooling='none' probes every position, but {hook!r} gives one "
+        if pooling == "tokens":
+            raise ValueError(f"pooling='tokens' probes every position, but {hook!r} gives one "
                              f"vector per example (shape {tuple(act.shape)}); use pooling='mean'")
         return act, torch.arange(n)
     if act.dim() > 3:  # (N, C, *spatial) -> (N, positions, C)
@@ -114,7 +122,7 @@ def _pool_positions(x: torch.Tensor, mask: torch.Tensor, pooling: str
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool ``(N, T, D)`` over the real positions in ``mask`` (N, T)."""
     n = x.shape[0]
-    if pooling == "none":
+    if pooling == "tokens":
         example, _ = mask.nonzero(as_tuple=True)
         return x[mask], example.cpu()
     if pooling == "mean":
@@ -132,11 +140,11 @@ def input_rows(input_sets: Sequence[Any], pooling: str, max_dim: int, seed: int
     """The input baseline's features and the input types, for each input set.
 
     Token ids become a bag of tokens over the ids that occur in any set ("mean": counts / length;
-    "first"/"last"/"none": the one-hot token); other inputs are flattened per example (or, for
-    "none", kept per position of an (N, T, d) tensor). Wider than ``max_dim`` -> a fixed seeded
+    "first"/"last"/"tokens": the one-hot token); other inputs are flattened per example (or, for
+    "tokens", kept per position of an (N, T, d) tensor). Wider than ``max_dim`` -> a fixed seeded
     Gaussian projection to ``max_dim`` (which keeps linear decodability, up to noise).
     Input types (for the control task) are whole inputs, or the token / vector at a position.
-    ``None`` where positions are undefined: ``pooling="none"`` on inputs that are not token ids
+    ``None`` where positions are undefined: ``pooling="tokens"`` on inputs that are not token ids
     or an (N, T, d) tensor.
     """
     sources = [_source(x) for x in input_sets]
@@ -145,11 +153,11 @@ def input_rows(input_sets: Sequence[Any], pooling: str, max_dim: int, seed: int
         return _token_rows(sources, masks, pooling, max_dim, seed)
     if any(not s.is_floating_point() for s in sources):
         raise TypeError("inputs and heldout inputs must both be token ids or both be features")
-    if pooling == "none" and any(s.dim() != 3 for s in sources):
+    if pooling == "tokens" and any(s.dim() != 3 for s in sources):
         return None
     out = []
     for source in sources:
-        if pooling == "none":
+        if pooling == "tokens":
             mask = torch.ones(source.shape[:2], dtype=torch.bool)
             rows, example = source[mask].float(), mask.nonzero(as_tuple=True)[0]
         else:
@@ -183,7 +191,7 @@ def _token_rows(ids_sets: list[torch.Tensor], masks: list[torch.Tensor | None], 
             feats = (counts / mask.sum(1, keepdim=True).clamp_min(1)) @ table
         else:
             feats, _ = _pool_positions(table[cols], mask, pooling)
-        if pooling == "none":
+        if pooling == "tokens":
             example = mask.nonzero(as_tuple=True)[0]
             types = ids[mask]
         else:

@@ -9,9 +9,9 @@ intervals, permutation p-values corrected across hooks x constituents, and the h
 """
 from __future__ import annotations
 
-import warnings
-
 import dataclasses
+import warnings
+import zlib
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Mapping, Sequence
@@ -22,19 +22,18 @@ import torch
 from ..models import HookedModel, wrap
 from ..subroutine import check_runs, index_inputs
 from .activations import (INPUT, POOLINGS, check_hooks, collect, default_hooks, input_rows,
-                          n_examples)
-from .crossval import baseline_predictions, cross_validate
+                          n_examples, pooling_name)
+from . import mdl, measures  # noqa: F401  (importing mdl registers its measure)
 from .folds import Splits, control_labels, nested_splits
 from .linear import ENGINES, fit_predict, free_cores
-from .mdl import online_code, transmission_order
 from .report import ProbeReport
 from .._stats import CORRECTIONS, adjust_pvalues
 from .._validate import (Bool, Device, Int, OneOf, Real, Strings, as_tuple, check,
-                         configured)
-from .stats import bootstrap_ci, permutation_pvalue, score
+                         configured, renamed)
 
-
-MEASURES = ("accuracy", "mdl")
+# The random streams of a run: the folds', the control task's, then one per built-in measure
+# (a registered measure gets a stream seeded from its name).
+_STREAMS = ("folds", "control", "score", "mdl")
 
 
 @dataclass(frozen=True)
@@ -42,14 +41,17 @@ class ProbeConfig:
     """How probes are fitted and tested. Defaults follow common probing practice: 5 outer x 3
     inner folds, C in logspace(-4, 2), alpha in logspace(-3, 4), Hewitt & Liang control tasks.
 
-    ``cv`` outer folds; ``inner_cv`` folds choose C (logistic, from ``c_grid``) or alpha (ridge,
+    ``pooling``: how a sequence's positions become probe rows: "mean" (over the attention mask),
+    "first", "last", or "tokens" (every real position is its own row; the control task then
+    draws a label per token type). ``cv`` outer folds; ``inner_cv`` folds choose C (logistic, from ``c_grid``) or alpha (ridge,
     from ``alpha_grid``); ``control``: fit Hewitt & Liang control tasks; ``n_permutations`` /
     ``n_bootstrap``: 0 turns p-values / intervals off; ``correction``: "holm", "bh" or None;
     ``input_baseline``: add the probe on the raw inputs (row ``hook="input"``), whose features
     are capped at ``max_input_dim`` by a fixed random projection; ``device``: the torch engine's
-    device (default: CUDA when available). ``measure``: "accuracy" (always computed; a name
-    or a tuple of names) and optionally "mdl": the online codelength and compression of :mod:`.mdl` for discrete
-    constituents, on the real and the control labels. ``threads``: CPU threads of either engine
+    device (default: CUDA when available). ``measure``: a name or a tuple of names of
+    :mod:`.measures`: "score" (always reported), "mdl" (the online codelength and compression
+    of :mod:`.mdl` for discrete constituents, on the real and the control labels) and any
+    measure registered with :func:`.measures.register`. ``threads``: CPU threads of either engine
     (None: the cores free now, see :func:`.linear.free_cores`; ``MODPROBE_THREADS`` sets it too).
     """
 
@@ -71,13 +73,16 @@ class ProbeConfig:
     max_iter: int = 1000
     tol: float = 1e-6
     device: str | None = None
-    measure: tuple[str, ...] = ("accuracy",)
+    measure: tuple[str, ...] = ("score",)
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "pooling", pooling_name(self.pooling, "ProbeConfig.pooling",
+                                                         stacklevel=4))
         as_tuple(self, "measure")
         check(self, {"measure": Strings()})
-        object.__setattr__(self, "measure", tuple(dict.fromkeys(("accuracy", *self.measure))))
+        named = (renamed(m, "accuracy", "score", "ProbeConfig.measure", 5) for m in self.measure)
+        object.__setattr__(self, "measure", tuple(dict.fromkeys(("score", *named))))
         as_tuple(self, "c_grid", "alpha_grid", scalars=True)
         check(self, {"pooling": OneOf(POOLINGS), "cv": Int(2), "inner_cv": Int(2),
                      "control": Bool(), "seed": Int(0), "engine": OneOf(ENGINES),
@@ -89,10 +94,11 @@ class ProbeConfig:
                      "tol": Real(0, low_open=True), "device": Device(),
                      "threads": Int(1, none=True)},
               {"cv": "cross-validation needs at least 2 folds", "ci": "e.g. 0.95"})
-        unknown = sorted(set(self.measure) - set(MEASURES))
+        unknown = sorted(set(self.measure) - set(measures.names()))
         if unknown:
             raise ValueError(f"ProbeConfig.measure has unknown measures {unknown}; choose among "
-                             f"{MEASURES}, e.g. ('accuracy', 'mdl')")
+                             f"{measures.names()}, e.g. ('score', 'mdl'), or register one "
+                             "with modprobe.probes.measures.register")
 
 
 @dataclass
@@ -120,13 +126,14 @@ def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None
     ``model``: a HookedModel or anything ``modprobe.wrap`` accepts. ``inputs``: a tensor, a dict
     of tensors (``attention_mask`` is used for pooling), or a list of strings for a model with a
     tokenizer. ``constituents``: ``{name: (N,) labels}``; integer, bool or string labels are
-    classes (multinomial logistic regression, accuracy), floats are continuous (ridge, R^2). An
+    classes (multinomial logistic regression, scored by accuracy), floats are continuous (ridge,
+    scored by R^2); the row's ``metric`` says which the ``score`` columns hold. An
     object with ``.inputs``, ``.labels`` (and ``.groups``) may stand for inputs + constituents.
     ``groups``: (N,) combination ids; examples of one combination never straddle folds.
     ``heldout``: ``(inputs, {name: labels}[, groups])`` (or such an object) from combinations
     never trained on: probes fitted on all in-distribution data are scored there too.
     The control task gives every input type (a distinct input; the token at a position for
-    ``pooling="none"``) the label of another type of the same test fold (see
+    ``pooling="tokens"``) the label of another type of the same test fold (see
     :func:`.folds.control_labels`). It is drawn per input type even when groups are given:
     group-aware folds already keep a memorised combination from paying off, and a label drawn
     per combination would score *below* chance (a held-out combination's random label is
@@ -146,9 +153,10 @@ def decodability(model: Any, inputs: Any, constituents: Mapping[str, Any] | None
     if INPUT not in hooks and config.input_baseline:
         hooks = [INPUT, *hooks]
     sets = _rows(config, hm, hooks, [data] if held is None else [data, held], progress)
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(4)]
+    rngs = dict(zip(_STREAMS, (np.random.default_rng(s) for s in
+                               np.random.SeedSequence(config.seed).spawn(len(_STREAMS)))))
     splits = nested_splits(sets[0].unit, _strata(parts, sets[0]), config.cv, config.inner_cv,
-                           rngs[0], "groups" if data.groups is not None else "examples")
+                           rngs["folds"], "groups" if data.groups is not None else "examples")
     run = _Run(config, hooks, sets, splits, rngs, label, progress)
     rows = [row for discrete in (True, False)
             for row in run.probe([c for c in parts if (c.n_classes is not None) == discrete])]
@@ -169,7 +177,7 @@ class _Run:
     """One decodability run: probes every constituent of one kind at every hook."""
 
     def __init__(self, config: ProbeConfig, hooks: list[str], sets: list["_RowSet"],
-                 splits: Splits, rngs: list[np.random.Generator], label: str,
+                 splits: Splits, rngs: dict[str, np.random.Generator], label: str,
                  progress: bool):
         self.config, self.hooks, self.splits, self.label = config, hooks, splits, label
         self.rows, self.held = sets[0], (sets[1] if len(sets) > 1 else None)
@@ -177,12 +185,17 @@ class _Run:
         self.heldout_split = None
         if self.held is not None:
             self.heldout_split = (np.arange(self.rows.n), self.rows.n + np.arange(self.held.n))
-        self.control_rng = rngs[1]
-        self.scorer = _Scorer(config, splits, self.rows.unit, rngs[2])
+        self.rngs = rngs
         self.fit = partial(fit_predict, engine=config.engine, max_iter=config.max_iter,
                            tol=config.tol, device=config.device, progress=progress,
                            threads=config.threads or free_cores())  # measured once a run
-        self.order = transmission_order(self.rows.unit, rngs[3])
+
+    def rng(self, measure: str) -> np.random.Generator:
+        """The measure's random stream, the same generator for every batch of the run."""
+        if measure not in self.rngs:
+            self.rngs[measure] = np.random.default_rng(
+                [self.config.seed, zlib.crc32(measure.encode())])
+        return self.rngs[measure]
 
     def probe(self, kind: list[_Constituent]) -> list[dict[str, Any]]:
         """Rows for constituents that are all discrete or all continuous."""
@@ -191,7 +204,7 @@ class _Run:
         discrete = kind[0].n_classes is not None
         rows, held = self.rows, self.held
         real = [c.values[rows.example] for c in kind]
-        controls = ([control_labels(y, rows.types, self.splits.fold_of_row, self.control_rng)
+        controls = ([control_labels(y, rows.types, self.splits.fold_of_row, self.rngs["control"])
                      for y in real] if self.config.control else [])
         labels = torch.stack(real + controls)
         if held is not None:  # held-out rows follow; control labels there are never scored
@@ -199,44 +212,41 @@ class _Run:
             labels = torch.cat([labels, torch.stack(
                 [c.heldout[held.example] if c.heldout is not None else filler for c in kind]
                 + [filler] * len(controls))], dim=1)
-        n_classes = [c.n_classes for c in kind] * (1 + bool(controls)) if discrete else None
-        grid = (sorted(self.config.c_grid) if discrete
-                else sorted(self.config.alpha_grid, reverse=True))  # strongest penalty first
-        result = cross_validate(self.features, labels, n_classes, self.splits,
-                                self.heldout_split, grid, self.fit)
-        mdl = "mdl" in self.config.measure
-        code = (online_code(self.features, labels, n_classes, self.order, grid, self.fit)
-                if mdl and discrete else None)
+        columns = []
+        for name in self.config.measure:
+            batch = measures.ProbeBatch(
+                config=self.config, hooks=self.hooks, constituents=[c.name for c in kind],
+                discrete=discrete, features=self.features, labels=labels,
+                n_classes=[c.n_classes for c in kind] * (1 + bool(controls)) if discrete else None,
+                n_rows=rows.n, control=bool(controls),
+                heldout=None if held is None else [
+                    c.heldout[held.example] if c.heldout is not None else None for c in kind],
+                heldout_split=self.heldout_split, splits=self.splits, unit=rows.unit,
+                heldout_unit=None if held is None else held.unit,
+                grid=(sorted(self.config.c_grid) if discrete  # strongest penalty first
+                      else sorted(self.config.alpha_grid, reverse=True)),
+                fit=self.fit, rng=self.rng(name))
+            columns.append(_checked(name, measures.get(name).measure(batch), batch))
         out = []
         for h, hook in enumerate(self.hooks):
             for i, c in enumerate(kind):
                 row = dict(model=self.label, hook=hook, constituent=c.name,
                            metric="accuracy" if discrete else "r2", n=rows.n)
-                row.update(self.scorer.cv(result.oof[h][i], real[i], discrete,
-                                          result.oof[h][len(kind) + i] if controls else None,
-                                          controls[i] if controls else None))
-                row.update(self.scorer.heldout(
-                    result.heldout[h][i] if held is not None else None,
-                    c.heldout[held.example] if c.heldout is not None else None,
-                    real[i], held, discrete))
-                row["regularization"] = float(result.reg[h, i])
-                if mdl:
-                    row.update(_mdl_columns(code, h, i, len(kind) + i if controls else None))
+                for cells in columns:
+                    row.update(cells[h][i])
                 out.append(row)
         return out
 
 
-def _mdl_columns(code, h: int, i: int, control: int | None) -> dict[str, Any]:
-    """Online codelength (bits), uniform codelength and compression of one row (None for a
-    continuous constituent), and the same compression on the control task."""
-    if code is None:
-        return dict(codelength=None, uniform_codelength=None, compression=None,
-                    control_compression=None)
-    return dict(codelength=float(code.codelength[h, i]),
-                uniform_codelength=float(code.uniform[i]),
-                compression=float(code.compression[h, i]),
-                control_compression=(float(code.compression[h, control])
-                                     if control is not None else None))
+def _checked(name: str, cells: Any, batch: measures.ProbeBatch) -> list[list[dict[str, Any]]]:
+    """A measure's output, refused unless it is one dict per hook and constituent."""
+    shape = (len(batch.hooks), len(batch.constituents))
+    if (not isinstance(cells, (list, tuple)) or len(cells) != shape[0]
+            or any(not isinstance(c, (list, tuple)) or len(c) != shape[1]
+                   or not all(isinstance(d, dict) for d in c) for c in cells)):
+        raise TypeError(f"probe measure {name!r} must return one dict of columns per hook and "
+                        f"constituent ({shape[0]} lists of {shape[1]} dicts)")
+    return cells
 
 
 # --------------------------------------------------------------------- inputs and labels
@@ -389,62 +399,3 @@ def _rows(config: ProbeConfig, hm: HookedModel, hooks: list[str], sets: list[_Da
         out.append(_RowSet(feats, example, types,
                            np.unique(unit, return_inverse=True)[1].reshape(-1)))
     return out
-
-
-# --------------------------------------------------------------------- scores
-class _Scorer:
-    """Scores, intervals, p-values and baselines of one run's out-of-fold predictions."""
-
-    def __init__(self, config: ProbeConfig, splits: Splits, unit: np.ndarray,
-                 rng: np.random.Generator):
-        self.config, self.splits, self.unit, self.rng = config, splits, unit, rng
-        first = np.unique(unit, return_index=True)[1]
-        self.fold_of_unit = splits.fold_of_row[first]
-
-    def cv(self, pred: torch.Tensor, y: torch.Tensor, discrete: bool,
-           control_pred: torch.Tensor | None, control_y: torch.Tensor | None) -> dict[str, Any]:
-        cfg = self.config
-        accuracy = _num(score(pred, y, discrete))
-        low, high = self._interval(pred, y, self.unit, discrete)
-        control = None
-        if control_pred is not None:
-            control = _num(score(control_pred, control_y, discrete))
-        base = torch.zeros_like(y)
-        for (_, test), guess in zip(self.splits.outer,
-                                    baseline_predictions(y, self.splits.outer, discrete)):
-            base[torch.as_tensor(test)] = guess
-        p_value = None
-        if cfg.n_permutations:  # shuffle whole units, or rows where a unit's labels vary
-            unit, fold_of_unit = self.unit, self.fold_of_unit
-            first = np.unique(unit, return_index=True)[1]
-            if not torch.equal(y[torch.as_tensor(first)][torch.as_tensor(unit)], y):
-                unit, fold_of_unit = np.arange(len(y)), self.splits.fold_of_row
-            p_value = permutation_pvalue(pred, y, unit, fold_of_unit, discrete,
-                                         cfg.n_permutations, self.rng)
-        return dict(accuracy=accuracy, ci_low=low, ci_high=high, control_accuracy=control,
-                    selectivity=None if control is None or accuracy is None else accuracy - control,
-                    baseline=_num(score(base, y, discrete)), p_value=p_value)
-
-    def heldout(self, pred: torch.Tensor | None, y: torch.Tensor | None, train_y: torch.Tensor,
-                rows: _RowSet | None, discrete: bool) -> dict[str, Any]:
-        if pred is None or y is None:
-            return dict(heldout_accuracy=None, heldout_ci_low=None, heldout_ci_high=None,
-                        heldout_baseline=None)
-        split = [(np.arange(len(train_y)), np.arange(len(y)))]
-        guess = baseline_predictions(train_y, split, discrete)[0]
-        low, high = self._interval(pred, y, rows.unit, discrete)
-        return dict(heldout_accuracy=_num(score(pred, y, discrete)), heldout_ci_low=low,
-                    heldout_ci_high=high, heldout_baseline=_num(score(guess, y, discrete)))
-
-    def _interval(self, pred, y, unit, discrete) -> tuple[float | None, float | None]:
-        if not self.config.n_bootstrap:
-            return None, None
-        low, high = bootstrap_ci(pred, y, unit, discrete, self.config.n_bootstrap,
-                                 self.config.ci, self.rng)
-        return _num(low), _num(high)
-
-
-def _num(value: Any) -> float | None:
-    """A plain float, or None for NaN (e.g. R^2 of constant labels)."""
-    value = float(value)
-    return value if np.isfinite(value) else None

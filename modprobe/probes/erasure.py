@@ -29,13 +29,13 @@ import torch
 
 from .._results import Report
 from .._stats import adjust_pvalues
-from ..ablation._evaluate import _Task
-from ..ablation._stats import _empirical_p, _interval
+from ..ablation._evaluate import EvalData
+from ..ablation._stats import empirical_p, percentile_interval
 from ..models import HookedModel, wrap
 from ..subroutine import as_subroutine
-from .activations import check_hooks, collect, default_hooks
+from .activations import check_hooks, collect, default_hooks, pooling_name
 
-_POOLINGS = ("mean", "none")  # poolings that commute with an eraser applied at every position
+_POOLINGS = ("mean", "tokens")  # poolings that commute with an eraser applied at every position
 
 
 @dataclass
@@ -63,7 +63,8 @@ def erase(model: Any, hook: str, inputs: Any, labels: Any, *, pooling: str = "me
     """Fit LEACE for ``labels`` ((N,) classes or floats: the constituent) on the ``pooling``-pooled
     activations of ``inputs`` at ``hook``. With "mean" the eraser, applied at every position,
     erases the mean-pooled representation exactly (pooling commutes with an affine map); with
-    "none" it is fitted on every position's activation."""
+    "tokens" it is fitted on every position's activation."""
+    pooling = pooling_name(pooling, "erase.pooling", stacklevel=3)
     hm = wrap(model)
     feats = _features(hm, [hook], inputs, pooling, batch_size)
     return _fit(hook, feats[hook], _concept(labels, feats["_example"]))
@@ -139,7 +140,9 @@ def erasure_effects(model: Any, subroutines: Mapping[str, Any], constituents: An
     """Erase every constituent at every hook point (LEACE fitted on ``constituents``, an object
     with ``.inputs`` and ``.labels``, e.g. ``task.constituents``) and score every subroutine
     (``{name: Subroutine}``, its evaluation data) against ``n_random`` random-direction erasures
-    of the same rank. ``hooks``: default every block's output."""
+    of the same rank. ``hooks``: default every block's output; ``pooling``: as for
+    :func:`erase`."""
+    pooling = pooling_name(pooling, "erasure_effects.pooling", stacklevel=3)
     if n_random < 2 or n_bootstrap < 1:
         raise ValueError(f"n_random must be >= 2 and n_bootstrap >= 1, got {n_random}, "
                          f"{n_bootstrap}")
@@ -150,7 +153,8 @@ def erasure_effects(model: Any, subroutines: Mapping[str, Any], constituents: An
     hm = wrap(model)
     hooks = check_hooks(hm, list(hooks) if hooks is not None else default_hooks(hm))
     feats = _features(hm, hooks, constituents.inputs, pooling, batch_size)
-    tasks = {name: _Task(as_subroutine(sub), hm.device, None) for name, sub in subroutines.items()}
+    tasks = {name: EvalData(as_subroutine(sub), hm.device, None)
+             for name, sub in subroutines.items()}
     gen = torch.Generator().manual_seed(seed)
     boot = {name: torch.randint(len(t.targets), (n_bootstrap, len(t.targets)), generator=gen)
             for name, t in tasks.items()}
@@ -187,15 +191,15 @@ def _row(name, hook, constituent, rank, task, full, out, rand, boot, level) -> d
     else:
         erased_boot = np.array([task.score(out, idx) for idx in boot])
         rand_boot = np.array([[task.score(r, idx) for r in rand] for idx in boot]).mean(1)
-    low, high = _interval(erased_boot, level)
-    effect_low, effect_high = _interval(rand_boot - erased_boot, level)
+    low, high = percentile_interval(erased_boot, level)
+    effect_low, effect_high = percentile_interval(rand_boot - erased_boot, level)
     return dict(subroutine=name, hook=hook, constituent=constituent, rank=rank,
                 metric=task.sub.metric_name, full=task.score(full), erased=erased_value,
                 erased_ci_low=low, erased_ci_high=high, random_mean=float(rand_values.mean()),
                 random_sd=float(rand_values.std(ddof=1)) if len(rand) > 1 else None,
                 effect=float(rand_values.mean() - erased_value), ci_low=effect_low,
                 ci_high=effect_high, p_value=_prediction_p(erased_value, rand_values),
-                p_empirical=_empirical_p(erased_value, rand_values),
+                p_empirical=empirical_p(erased_value, rand_values),
                 n_random=len(rand), n_examples=len(task.targets))
 
 
@@ -214,7 +218,7 @@ def _prediction_p(observed: float, null: np.ndarray) -> float:
     return float(stats.t.sf(effect / sd, df=n - 1))
 
 
-def _readouts(hm: HookedModel, task: _Task, erasure: Erasure | None = None) -> torch.Tensor:
+def _readouts(hm: HookedModel, task: EvalData, erasure: Erasure | None = None) -> torch.Tensor:
     with contextlib.ExitStack() as stack:
         stack.enter_context(hm.evaluating())
         stack.enter_context(torch.no_grad())

@@ -15,15 +15,19 @@ strongest penalty of the grid. Probabilities are mixed with the uniform distribu
 ``_UNIFORM_MIX``, which costs at most 0.0015 bits per label and keeps one confident mistake (or a
 class the prefix never showed) from costing an unbounded number of bits. Blocks are sent
 uniformly until every label set has shown two classes.
+
+:class:`OnlineCodeMeasure` is the ``"mdl"`` probe measure (see :mod:`.measures`).
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+from .measures import ProbeBatch, ProbeMeasure, register
 
 FRACTIONS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0)
 _UNIFORM_MIX = 1e-3
@@ -94,3 +98,30 @@ def online_code(features: Sequence[torch.Tensor], labels: torch.Tensor,
     coded = np.take_along_axis(bits, choice[..., None], axis=-1)[..., 0].sum(1)  # (H, L)
     log_k = np.log2(np.asarray(n_classes, dtype=float))
     return OnlineCode(ends[0] * log_k[None] + coded, len(order) * log_k, ends)
+
+
+class OnlineCodeMeasure(ProbeMeasure):
+    """``measure="mdl"``: the online codelength (bits), the uniform codelength, their ratio
+    ``compression`` and the same compression on the control task, for discrete constituents
+    (None for continuous ones)."""
+
+    name = "mdl"
+    columns = ("codelength", "uniform_codelength", "compression", "control_compression")
+    table = ("compression", "control_compression")
+
+    def measure(self, batch: ProbeBatch) -> list[list[dict[str, Any]]]:
+        n = len(batch.constituents)
+        if not batch.discrete:
+            return [[dict.fromkeys(self.columns) for _ in range(n)] for _ in batch.hooks]
+        order = transmission_order(batch.unit, batch.rng)
+        code = online_code(batch.features, batch.labels, batch.n_classes, order, batch.grid,
+                           batch.fit)
+        return [[dict(codelength=float(code.codelength[h, i]),
+                      uniform_codelength=float(code.uniform[i]),
+                      compression=float(code.compression[h, i]),
+                      control_compression=(float(code.compression[h, n + i])
+                                           if batch.control else None))
+                 for i in range(n)] for h in range(len(batch.hooks))]
+
+
+register(OnlineCodeMeasure())

@@ -5,11 +5,12 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .._results import Report, format_table
+from . import measures
 from .activations import INPUT
 
-_TABLE = ("model", "hook", "constituent", "metric", "accuracy", "ci_low", "ci_high",
-          "control_accuracy", "selectivity", "compression", "control_compression", "baseline",
-          "p_adjusted", "heldout_accuracy")
+_TABLE = ("model", "hook", "constituent", "metric", "score", "ci_low", "ci_high",
+          "control_score", "selectivity", "compression", "control_compression", "baseline",
+          "p_adjusted", "heldout_score")
 
 
 @dataclass
@@ -17,15 +18,15 @@ class ProbeReport(Report):
     """Decodability of constituents per hook point.
 
     Row keys: ``model`` (its label, e.g. "pretrained" or "random_init"), ``hook`` (``"input"``
-    is the input baseline), ``constituent``, ``metric`` ("accuracy", or "r2" for continuous
-    constituents: the ``accuracy`` columns then hold R^2), ``n``, ``accuracy`` with ``ci_low`` /
-    ``ci_high``, ``control_accuracy`` and ``selectivity = accuracy - control_accuracy`` (None
-    without a control task), ``baseline`` (majority class / training mean), ``p_value`` and
-    ``p_adjusted``, ``heldout_accuracy`` with its interval and ``heldout_baseline`` (None without
+    is the input baseline), ``constituent``, ``metric`` (what the ``score`` columns hold:
+    "accuracy", or "r2" for continuous constituents), ``n``, ``score`` with ``ci_low`` /
+    ``ci_high``, ``control_score`` and ``selectivity = score - control_score`` (None without a
+    control task), ``baseline`` (majority class / training mean), ``p_value`` and
+    ``p_adjusted``, ``heldout_score`` with its interval and ``heldout_baseline`` (None without
     held-out combinations), and the chosen ``regularization`` (C, or alpha for ridge). With
     ``measure="mdl"``: ``codelength`` (online code, bits), ``uniform_codelength``,
     ``compression`` (their ratio, uniform / online) and ``control_compression`` (None for
-    continuous constituents).
+    continuous constituents). A measure registered in :mod:`.measures` adds its own columns.
     ``configs`` holds each model's settings. Reports of several models concatenate.
     """
 
@@ -41,7 +42,7 @@ class ProbeReport(Report):
         return {c: r["hook"] for c, r in self._best(model).items()}
 
     def decodability_of(self, model: str) -> float:
-        """Mean over constituents of the best hook's selectivity (accuracy above the majority
+        """Mean over constituents of the best hook's selectivity (the score above the uninformed
         baseline when there is no control task); the input baseline is not a candidate."""
         best = self._best(model)
         return sum(_effect(r) for r in best.values()) / len(best)
@@ -67,8 +68,13 @@ class ProbeReport(Report):
         return cls([dict(r) for report in reports for r in report.rows], configs)
 
     def table(self, columns: Sequence[str] | None = None, max_rows: int = 40) -> str:
+        """A terminal table; by default the columns of ``_TABLE`` and of each registered
+        measure's ``table`` that hold a value in some row."""
         if columns is None:
-            columns = [c for c in _TABLE if any(r.get(c) is not None for r in self.rows)]
+            shown = dict.fromkeys(_TABLE)
+            for name in measures.names():
+                shown.update(dict.fromkeys(measures.get(name).table))
+            columns = [c for c in shown if any(r.get(c) is not None for r in self.rows)]
             if len(self.models) == 1:
                 columns.remove("model")
         return format_table(self.rows, columns, max_rows)
@@ -94,6 +100,6 @@ class ProbeReport(Report):
 def _effect(row: dict[str, Any]) -> float:
     if row["selectivity"] is not None:
         return row["selectivity"]
-    if row["accuracy"] is None or row["baseline"] is None:
+    if row["score"] is None or row["baseline"] is None:
         return float("-inf")
-    return row["accuracy"] - row["baseline"]
+    return row["score"] - row["baseline"]

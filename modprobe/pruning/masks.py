@@ -91,14 +91,14 @@ class MaskSet:
         return self.logits.detach() > 0
 
 
-class _ContinuousMasking(torch.autograd.Function):
+class ContinuousMasking(torch.autograd.Function):
     """Every slot's ``W * min(1, r·sigmoid(β·s))`` and the expected density
     ``mean(sigmoid(β·s))``, as ONE autograd node with a hand-written backward.
 
     The logit gradient is ``β·sigmoid'(β·s)·(r·[gate < 1]·Σ g ⊙ W + g_kept·size/N)``, computed
-    a run of slots at a time (see :func:`_chunks`) into one reused buffer, where autograd's chain
-    (scale, sigmoid, clamp, split, per-slot product, mean) makes more passes over the logits and
-    allocates a fresh tensor for each.
+    a run of slots at a time (see :func:`gate_chunks`) into one reused buffer, where autograd's
+    chain (scale, sigmoid, clamp, split, per-slot product, mean) makes more passes over the
+    logits and allocates a fresh tensor for each.
     """
 
     @staticmethod
@@ -136,7 +136,7 @@ class _ContinuousMasking(torch.autograd.Function):
         return masks._grad, None, None
 
 
-def _chunks(slots: list[Slot], size: int = 1 << 20) -> list[tuple[int, int, int, int]]:
+def gate_chunks(slots: list[Slot], size: int = 1 << 20) -> list[tuple[int, int, int, int]]:
     """Runs of consecutive slots of about ``size`` logits: ``(first slot, end slot, first logit,
     end logit)``. The backward finishes a run while it is still in cache, and a small model is
     one run (a few large operations rather than many small ones)."""

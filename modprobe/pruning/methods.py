@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .._registry import Registry
 from .layout import Slot, scaled_weights
-from .masks import _chunks, _ContinuousMasking
+from .masks import ContinuousMasking, gate_chunks
 
 if TYPE_CHECKING:
     from .config import MaskConfig
@@ -69,39 +70,11 @@ class MaskMethod:
         raise NotImplementedError(f"mask method {self.name!r} is trained, not selected")
 
 
-_REGISTRY: dict[str, MaskMethod] = {}
-
-
-def register(method: MaskMethod, *, replace: bool = False) -> MaskMethod:
-    """Make ``method`` available as ``MaskConfig(method=method.name)``; returns it."""
-    if not isinstance(method, MaskMethod):
-        raise TypeError(f"register takes a MaskMethod instance, got {type(method).__name__}")
-    if not isinstance(method.name, str) or not method.name.strip():
-        raise ValueError(f"{type(method).__name__}.name must be a non-empty string")
-    if method.name in _REGISTRY and not replace:
-        raise ValueError(f"a mask method named {method.name!r} is registered already; pick "
-                         "another name or pass replace=True")
-    _REGISTRY[method.name] = method
-    return method
-
-
-def unregister(name: str) -> None:
-    """Remove a registered method (a no-op for unknown names)."""
-    _REGISTRY.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    """The registered method names, built-ins first."""
-    return tuple(_REGISTRY)
-
-
-def get(name: str) -> MaskMethod:
-    """The method registered as ``name``."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown mask method {name!r}; choose one of {list(_REGISTRY)} (or "
-                         "register your own with modprobe.pruning.methods.register)") from None
+_REGISTRY: Registry[MaskMethod] = Registry("mask method", MaskMethod, __name__)
+# register(method, replace=False): make ``method`` available as ``MaskConfig(method=method.name)``;
+# unregister(name); names(): the registered names, built-ins first; get(name): one method.
+register, unregister, names, get = (_REGISTRY.register, _REGISTRY.unregister, _REGISTRY.names,
+                                    _REGISTRY.get)
 
 
 # --------------------------------------------------------------------- built-in methods
@@ -136,10 +109,10 @@ class Continuous(MaskMethod):
         masks._gate = torch.empty_like(masks._keep)  # min(1, r·keep)
         masks._open = torch.empty_like(masks._keep)  # 1.0 where gate < 1 (bool ops are slow)
         masks._grad = torch.empty_like(masks._keep)
-        masks._chunks = _chunks(masks.slots)
+        masks._chunks = gate_chunks(masks.slots)
 
     def gates(self, masks: "MaskSet", beta: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        *masked, kept = _ContinuousMasking.apply(masks.logits, beta, masks)
+        *masked, kept = ContinuousMasking.apply(masks.logits, beta, masks)
         return {s.name: w for s, w in zip(masks.slots, masked)}, kept
 
 

@@ -50,8 +50,13 @@ def run_cell(settings: dict[str, Any], root: str, threads: int = 1,
 
 
 def load_cell(directory: Path) -> dict[str, Any]:
+    """A finished cell's settings and results (an older results file in the current
+    vocabulary)."""
+    from ..analysis import upgrade_results
+
+    results = json.loads((directory / "results.json").read_text())
     return {"cell": json.loads((directory / "cell.json").read_text()),
-            "results": json.loads((directory / "results.json").read_text())}
+            "results": upgrade_results(results)}
 
 
 def build_task(cell: Cell) -> Any:

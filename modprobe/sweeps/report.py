@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .._io import write_text
-from ..report import _COLORS, _div, _table, page
+from ..report import COLORS, figure_html, html_table, page
 from .table import read_table
 
 METRICS = ("fit.test", "fit.heldout", "decodability", "isolation", "density")
@@ -52,8 +52,9 @@ def render_sweep_html(table: Any, name: str = "sweep") -> str:
     ]
     for heading, fig, note in figures:
         if fig is not None:
-            sections.append((heading, f'<p class="note">{html.escape(note)}</p>' + _div(fig)))
-    sections.append(("Table", _table(_plain_rows(table), max_rows=2000)))
+            sections.append((heading,
+                             f'<p class="note">{html.escape(note)}</p>' + figure_html(fig)))
+    sections.append(("Table", html_table(_plain_rows(table), max_rows=2000)))
     return page(f"modprobe sweep: {name}", sections)
 
 
@@ -94,7 +95,7 @@ def _versus_size(table: Any, metrics: list[str], size: str | None,
     data = _labels(table, groups)
     fig = _grid(metrics)
     for g, (label, part) in enumerate(data.groupby("_group", sort=True)):
-        color = _COLORS[g % len(_COLORS)]
+        color = COLORS[g % len(COLORS)]
         for i, metric in enumerate(metrics, start=1):
             stats = part.groupby(size)[metric].agg(["mean", "std"]).reset_index()
             fig.add_scatter(x=stats[size], y=stats["mean"], mode="lines+markers", name=label,
@@ -119,7 +120,7 @@ def _versus_seed(table: Any, metrics: list[str], groups: list[str]) -> go.Figure
         for i, metric in enumerate(metrics, start=1):
             fig.add_scatter(x=part["seed"], y=part[metric], mode="markers", name=label,
                             legendgroup=label, showlegend=i == 1,
-                            marker=dict(color=_COLORS[g % len(_COLORS)], size=9), row=1, col=i)
+                            marker=dict(color=COLORS[g % len(COLORS)], size=9), row=1, col=i)
     fig.update_xaxes(title_text="seed", dtick=1)
     fig.update_layout(height=420, width=max(600, 330 * len(metrics)))
     return fig
@@ -139,7 +140,7 @@ def _versus_init(table: Any, metrics: list[str]) -> go.Figure | None:
     for i, metric in enumerate(metrics, start=1):
         x, y = pairs[metric].astype(float), pairs[f"{metric}_random"].astype(float)
         fig.add_scatter(x=x, y=y, mode="markers", name=metric, showlegend=False,
-                        marker=dict(color=_COLORS[0], size=9),
+                        marker=dict(color=COLORS[0], size=9),
                         text=[f"cell {c}" for c in pairs["cell"]], row=1, col=i)
         both = [v for v in list(x) + list(y) if not math.isnan(v)]
         if both:

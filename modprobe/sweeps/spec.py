@@ -204,7 +204,7 @@ def _check_model(model: dict[str, Any]) -> None:
 
 def _check_task(task: dict[str, Any]) -> None:
     from .. import tasks
-    from ..tasks.base import TaskConfig, _make_config
+    from ..tasks.base import TaskConfig, make_config
 
     name = task.get("name")
     if name not in tasks.names():
@@ -215,14 +215,14 @@ def _check_task(task: dict[str, Any]) -> None:
     options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in task.items() if k != "name"}
     options.setdefault("seed", 0)
     if classes:
-        _make_config(classes[0], name, options)
+        make_config(classes[0], name, options)
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    from ..analysis import SHORTHANDS, AnalysisConfig
+    from ..analysis import RENAMED_SHORTHANDS, SHORTHANDS, AnalysisConfig
 
     fields = [f.name for f in dataclasses.fields(AnalysisConfig)]
-    valid = set(fields) | set(SHORTHANDS) | {"quick"}
+    valid = set(fields) | set(SHORTHANDS) | set(RENAMED_SHORTHANDS) | {"quick"}
     unknown = sorted(set(config) - valid)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; AnalysisConfig has {fields}, the "

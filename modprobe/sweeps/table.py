@@ -14,8 +14,8 @@ from .spec import Cell
 
 SCALARS = ("task_metric", "density", "isolation", "decodability")
 FIT = ("metric", "train", "test", "heldout", "head", "finetuned", "epochs")
-PROBE = ("model", "hook", "constituent", "metric", "accuracy", "ci_low", "ci_high",
-         "selectivity", "baseline", "heldout_accuracy", "heldout_baseline")
+PROBE = ("model", "hook", "constituent", "metric", "score", "ci_low", "ci_high",
+         "selectivity", "baseline", "heldout_score", "heldout_baseline")
 
 
 def study_cells(root: str | Path) -> list[Cell]:

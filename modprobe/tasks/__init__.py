@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 
-from .base import (COMPETENCE_THRESHOLD, Constituents, Draw, Family, RelationHead, Split, Task,
-                   TaskConfig, View, assemble, balanced, both_correct, cycle, relation_loss,
-                   relation_views, split_combinations, stream_rng)
+from .base import (COMPETENCE_THRESHOLD, RELATION_CLASSES, Constituents, Draw, Family,
+                   RelationHead, Split, Task, TaskConfig, View, assemble, balanced, both_correct,
+                   check_choice, check_fraction, check_int, cycle, holdout, make_config, n_heldout,
+                   relation_cells, relation_loss, relation_targets, relation_views,
+                   split_combinations, stream_rng)
 
 _FAMILIES = ("hyperteacher", "language", "symbolic", "vision")
 
@@ -87,7 +89,9 @@ def _ids(inputs: Any) -> torch.Tensor:
     return inputs["input_ids"] if isinstance(inputs, dict) else inputs
 
 
-__all__ = ["COMPETENCE_THRESHOLD", "Constituents", "Draw", "Family", "RelationHead", "Split",
-           "Task", "View", "both_correct", "relation_loss", "relation_views",
-           "TaskConfig", "assemble", "balanced", "check_model", "cycle", "load", "names",
-           "split_combinations", "stream_rng"]
+__all__ = ["COMPETENCE_THRESHOLD", "Constituents", "Draw", "Family", "RELATION_CLASSES",
+           "RelationHead", "Split", "Task", "TaskConfig", "View", "assemble", "balanced",
+           "both_correct", "check_choice", "check_fraction", "check_int", "check_model", "cycle",
+           "holdout", "load", "make_config", "n_heldout", "names", "relation_cells",
+           "relation_loss", "relation_targets", "relation_views", "split_combinations",
+           "stream_rng"]

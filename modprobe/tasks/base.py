@@ -99,11 +99,11 @@ class TaskConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        _check_int("seed", self.seed, 0, 2 ** 63 - 1)
-        _check_int("n_train", self.n_train, 8, MAX_EXAMPLES)
-        _check_int("n_test", self.n_test, 8, MAX_EXAMPLES)
-        _check_fraction("frac_ood", self.frac_ood)
-        _check_int("batch_size", self.batch_size, 1, MAX_EXAMPLES)
+        check_int("seed", self.seed, 0, 2 ** 63 - 1)
+        check_int("n_train", self.n_train, 8, MAX_EXAMPLES)
+        check_int("n_test", self.n_test, 8, MAX_EXAMPLES)
+        check_fraction("frac_ood", self.frac_ood)
+        check_int("batch_size", self.batch_size, 1, MAX_EXAMPLES)
 
     def options(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -274,13 +274,13 @@ def cycle(rng: np.random.Generator, n: int, values: np.ndarray) -> np.ndarray:
 RELATION_CLASSES = 4
 
 
-def _relation_cells(rng: np.random.Generator, view: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+def relation_cells(rng: np.random.Generator, view: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Target bits (a, b) for ``n`` examples of ``view`` of a two-relation task."""
     cells = balanced(rng, n, np.ones(RELATION_CLASSES))
     return cells // 2, cells % 2
 
 
-def _relation_targets(view: str, subroutines: Sequence[str], a: np.ndarray,
+def relation_targets(view: str, subroutines: Sequence[str], a: np.ndarray,
                       b: np.ndarray) -> np.ndarray:
     """Composite (and other views): the cell 2a + b; first subroutine: a; second: b."""
     if view == subroutines[0]:
@@ -373,28 +373,26 @@ def split_combinations(combos: Sequence[int] | np.ndarray, config: TaskConfig,
     return np.setdiff1d(combos, held), held
 
 
-# earlier private names, kept for code that imports them
-_Draw, _Family, _assemble, _rng, _balanced, _cycle, _n_heldout, _holdout = (
-    Draw, Family, assemble, stream_rng, balanced, cycle, n_heldout, holdout)
-
-
 # ------------------------------------------------------------------------ validation
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+def check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    """A ValueError naming ``name`` unless ``value`` is an integer in ``[lo, hi]``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
 
 
-def _check_fraction(name: str, value: Any) -> None:
+def check_fraction(name: str, value: Any) -> None:
+    """A ValueError naming ``name`` unless ``value`` is a number in ``[0, 1)``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
 
 
-def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """A ValueError naming ``name`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def _make_config(cls: type[TaskConfig], family: str, options: dict) -> TaskConfig:
+def make_config(cls: type[TaskConfig], family: str, options: dict) -> TaskConfig:
     """``cls(**options)`` with an error that lists the valid options on a misspelt one."""
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(options) - set(valid))

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import (Task, TaskConfig, _assemble, _check_choice, _check_int, _cycle, _Draw,
-                   _holdout, _make_config, _n_heldout, _rng)
+from .base import (Draw, Task, TaskConfig, assemble, check_choice, check_int, cycle, holdout,
+                   make_config, n_heldout, stream_rng)
 
 STRENGTHS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 ENCODINGS = ("identity", "rotation", "invertible")
@@ -51,11 +51,11 @@ class HyperteacherConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_int("n_modules", self.n_modules, 4, 256)
-        _check_int("max_active", self.max_active, 2, self.n_modules)
-        _check_int("dim", self.dim, 1, 1024)
-        _check_choice("encoding", self.encoding, ENCODINGS)
-        _check_choice("support", self.support, SUPPORTS)
+        check_int("n_modules", self.n_modules, 4, 256)
+        check_int("max_active", self.max_active, 2, self.n_modules)
+        check_int("dim", self.dim, 1, 1024)
+        check_choice("encoding", self.encoding, ENCODINGS)
+        check_choice("support", self.support, SUPPORTS)
         count = sum(math.comb(self.n_modules, k) for k in range(1, self.max_active + 1))
         if count > MAX_COMBINATIONS:
             raise ValueError(f"n_modules={self.n_modules} with max_active={self.max_active} gives "
@@ -67,20 +67,20 @@ class HyperteacherConfig(TaskConfig):
                 raise ValueError("subroutine_modules must be None or a non-empty tuple of distinct "
                                  f"module indices, got {mods!r}")
             for m in mods:
-                _check_int("each of subroutine_modules", m, 0, self.n_modules - 1)
+                check_int("each of subroutine_modules", m, 0, self.n_modules - 1)
             object.__setattr__(self, "subroutine_modules", tuple(int(m) for m in mods))
 
 
 def make(progress: bool = False, **options) -> Task:
     """The ``hyperteacher`` task family (regression, scored by R^2)."""
-    config = _make_config(HyperteacherConfig, "hyperteacher", options)
+    config = make_config(HyperteacherConfig, "hyperteacher", options)
     M, K = config.n_modules, config.max_active
     combos = combinations(M, K)
     held = _split(config, combos)
     train = np.setdiff1d(np.arange(len(combos)), held)
     modules = _subroutine_modules(config, combos, train)
-    teacher = _Teacher.sample(_rng(config.seed, "teacher"), M, config.dim, K)
-    encoder = _Encoder(config.encoding, M, _rng(config.seed, "encoding"))
+    teacher = _Teacher.sample(stream_rng(config.seed, "teacher"), M, config.dim, K)
+    encoder = _Encoder(config.encoding, M, stream_rng(config.seed, "encoding"))
     family = _Hyperteacher(combos, teacher, encoder, modules)
     info = {"summary": f"{M} modules, tasks of 1..{K}, {config.encoding} encoding, "
                        f"{config.support} support",
@@ -90,7 +90,7 @@ def make(progress: bool = False, **options) -> Task:
                         "connected": is_connected(combos[train])},
             "train_combinations": _module_lists(combos[train]),
             "heldout_combinations": _module_lists(combos[held])}
-    return _assemble("hyperteacher", config, family, train, held, n_classes=None, chance=0.0,
+    return assemble("hyperteacher", config, family, train, held, n_classes=None, chance=0.0,
                      input_kind="vector", info=info, progress=progress)
 
 
@@ -153,8 +153,8 @@ def _split(config: HyperteacherConfig, combos: np.ndarray) -> np.ndarray:
         return all(is_connected(combos[train][:, part]) for part in parts)
 
     ids = np.arange(len(combos))
-    extra = max(_n_heldout(len(combos), config.frac_ood) - int(forced.sum()), 0)
-    picked = _holdout(_rng(config.seed, "heldout"), ids[~forced], extra, valid,
+    extra = max(n_heldout(len(combos), config.frac_ood) - int(forced.sum()), 0)
+    picked = holdout(stream_rng(config.seed, "heldout"), ids[~forced], extra, valid,
                       f"the modules that support={config.support!r} trains compositional and "
                       "connected by co-occurrence")
     return np.union1d(ids[forced], picked)
@@ -244,10 +244,10 @@ class _Hyperteacher:
         self.single = {f"module_{m}": singles[m] for m in modules}
         self.subroutines = tuple(self.single)
 
-    def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> _Draw:
+    def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> Draw:
         if view in self.single:
             combos = np.array([self.single[view]])
-        ids = _cycle(rng, n, combos)
+        ids = cycle(rng, n, combos)
         active = self.combos[ids]
         z = np.where(active, rng.choice(STRENGTHS, active.shape), 0.0)
         x = rng.uniform(-1.0, 1.0, (n, self.teacher.modules.shape[1]))
@@ -257,7 +257,7 @@ class _Hyperteacher:
         for m in range(active.shape[1]):
             labels[f"strength_{m}"] = z[:, m].astype(np.float32)
             labels[f"active_{m}"] = active[:, m].astype(np.int64)
-        return _Draw(inputs, targets, ids, labels)
+        return Draw(inputs, targets, ids, labels)
 
     def encode(self, raw: list[np.ndarray]) -> list[torch.Tensor]:
         return [torch.from_numpy(inputs) for inputs in raw]

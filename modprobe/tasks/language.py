@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from .base import (RELATION_CLASSES, Draw, Task, TaskConfig, assemble, balanced, cycle, holdout,
-                   n_heldout, relation_views, stream_rng, _make_config, _relation_cells,
-                   _relation_targets)
+                   make_config, n_heldout, relation_cells, relation_targets, relation_views,
+                   stream_rng)
 
 TOKENIZED = True  # tasks.load(..., model=m) uses m's tokenizer
 
@@ -65,7 +65,7 @@ class LanguageConfig(TaskConfig):
 
 def make(progress: bool = False, **options) -> Task:
     """The ``language`` task: composite = whether agreement and whether anaphora is correct."""
-    config = _make_config(LanguageConfig, "language", options)
+    config = make_config(LanguageConfig, "language", options)
     tokenizer, tokenizer_name = _tokenizer(config.tokenizer)
     _check_vocabulary(tokenizer, tokenizer_name)
     n_ante = len(ANTECEDENTS)
@@ -106,7 +106,7 @@ class _Language:
         self.length = _longest_sentence(tokenizer)
 
     def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> Draw:
-        agreement, anaphora = _relation_cells(rng, view, n)
+        agreement, anaphora = relation_cells(rng, view, n)
         pairs = cycle(rng, n, combos)
         subject, antecedent = pairs // len(ANTECEDENTS), pairs % len(ANTECEDENTS)
         subject_plural, antecedent_plural = balanced(rng, n, [1, 1]), balanced(rng, n, [1, 1])
@@ -122,7 +122,7 @@ class _Language:
                                                   past.tolist(), reflexive_plural.tolist())]
         labels = {"subject_number": subject_plural, "antecedent_number": antecedent_plural,
                   "agreement": agreement, "anaphora": anaphora}
-        return Draw(sentences, _relation_targets(view, self.subroutines, agreement, anaphora),
+        return Draw(sentences, relation_targets(view, self.subroutines, agreement, anaphora),
                      pairs, labels)
 
     def encode(self, raw: list[list[str]]) -> list[dict[str, torch.Tensor]]:

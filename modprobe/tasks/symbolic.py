@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import (Task, TaskConfig, _assemble, _check_int, _cycle, _Draw, _holdout,
-                   _make_config, _n_heldout, _rng)
+from .base import (Draw, Task, TaskConfig, assemble, check_int, cycle, holdout, make_config,
+                   n_heldout, stream_rng)
 
 IGNORE = -100
 PAD, ANSWER, KEEP, REVERSE = 0, 11, 12, 13   # digits d are tokens 1 + d; "+k" is token 14 + k
@@ -32,8 +32,8 @@ class SymbolicConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_int("length", self.length, 2, 64)
-        _check_int("n_shifts", self.n_shifts, 3, 10)
+        check_int("length", self.length, 2, 64)
+        check_int("n_shifts", self.n_shifts, 3, 10)
 
 
 def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -44,13 +44,13 @@ def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def make(progress: bool = False, **options) -> Task:
     """The ``symbolic`` task: composite = add-k after optional reverse; one subroutine per op."""
-    config = _make_config(SymbolicConfig, "symbolic", options)
+    config = make_config(SymbolicConfig, "symbolic", options)
     n_shifts = config.n_shifts
     combos = np.arange(2 * n_shifts)                  # id = reverse * n_shifts + k
     compositions = combos[n_shifts + 1:]              # reverse and k >= 1
     # frac_ood < 1 always leaves at least one composition in training
-    held = _holdout(_rng(config.seed, "heldout"), compositions,
-                    _n_heldout(len(compositions), config.frac_ood), lambda h: True, "")
+    held = holdout(stream_rng(config.seed, "heldout"), compositions,
+                    n_heldout(len(compositions), config.frac_ood), lambda h: True, "")
     train = np.setdiff1d(combos, held)
     vocab = (["<pad>"] + [str(d) for d in range(10)] + ["=", "keep", "reverse"]
              + [f"+{k}" for k in range(n_shifts)])
@@ -60,7 +60,7 @@ def make(progress: bool = False, **options) -> Task:
             "answer_positions": [2 + config.length, 2 + 2 * config.length],
             "train_combinations": [_combo_name(c, n_shifts) for c in train],
             "heldout_combinations": [_combo_name(c, n_shifts) for c in held]}
-    return _assemble("symbolic", config, _Symbolic(config.length, n_shifts), train, held,
+    return assemble("symbolic", config, _Symbolic(config.length, n_shifts), train, held,
                      n_classes=10, chance=0.1, input_kind="tokens", info=info,
                      metric=token_accuracy, progress=progress)
 
@@ -75,12 +75,12 @@ class _Symbolic:
     def __init__(self, length: int, n_shifts: int):
         self.length, self.n_shifts = length, n_shifts
 
-    def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> _Draw:
+    def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> Draw:
         if view == "reverse":
             combos = np.array([0, self.n_shifts])      # k = 0, reverse off / on
         elif view == "add":
             combos = np.arange(self.n_shifts)           # reverse off, every k
-        ops = _cycle(rng, n, combos)
+        ops = cycle(rng, n, combos)
         reverse, shift = ops // self.n_shifts, ops % self.n_shifts
         digits = rng.integers(0, 10, (n, self.length))
         answer = (np.where(reverse[:, None] == 1, digits[:, ::-1], digits) + shift[:, None]) % 10
@@ -88,7 +88,7 @@ class _Symbolic:
         tokens = np.concatenate([np.where(reverse == 1, REVERSE, KEEP)[:, None],
                                  14 + shift[:, None], 1 + digits, np.full((n, L), ANSWER)], axis=1)
         targets = np.concatenate([np.full((n, 2 + L), IGNORE), answer], axis=1)
-        return _Draw(tokens.astype(np.int64), targets.astype(np.int64), ops,
+        return Draw(tokens.astype(np.int64), targets.astype(np.int64), ops,
                      {"reverse": reverse, "add": shift})
 
     def encode(self, raw: list[np.ndarray]) -> list[torch.Tensor]:

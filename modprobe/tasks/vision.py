@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import (RELATION_CLASSES, Task, TaskConfig, _assemble, _check_int, _cycle, _Draw,
-                   _holdout, _make_config, _n_heldout, _relation_cells, _relation_targets, _rng,
-                   relation_views)
+from .base import (RELATION_CLASSES, Draw, Task, TaskConfig, assemble, check_int, cycle, holdout,
+                   make_config, n_heldout, relation_cells, relation_targets, relation_views,
+                   stream_rng)
 
 SHAPES = ("circle", "square", "diamond")
 OUTLINE, FILL = 1.0, 0.5      # pixel intensities of the outer outline and the inner shape
@@ -40,17 +40,17 @@ class VisionConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_int("image_size", self.image_size, 32, 512)
+        check_int("image_size", self.image_size, 32, 512)
 
 
 def make(progress: bool = False, **options) -> Task:
     """The ``vision`` task: composite = whether inside and whether contact hold; subroutines
     ``inside``, ``contact``."""
-    config = _make_config(VisionConfig, "vision", options)
+    config = make_config(VisionConfig, "vision", options)
     n = len(SHAPES)
     pairs = np.arange(n * n)
-    held = _holdout(_rng(config.seed, "heldout"), pairs,
-                    _n_heldout(len(pairs), config.frac_ood),
+    held = holdout(stream_rng(config.seed, "heldout"), pairs,
+                    n_heldout(len(pairs), config.frac_ood),
                     lambda h: _covers(np.setdiff1d(pairs, h)),
                     "every shape in training as outer and as inner shape")
     train = np.setdiff1d(pairs, held)
@@ -60,7 +60,7 @@ def make(progress: bool = False, **options) -> Task:
             "train_combinations": [_pair_name(p) for p in train],
             "heldout_combinations": [_pair_name(p) for p in held]}
     family = _Vision(config.image_size)
-    return _assemble("vision", config, family, train, held, n_classes=RELATION_CLASSES,
+    return assemble("vision", config, family, train, held, n_classes=RELATION_CLASSES,
                      chance=0.5, views=relation_views(family.subroutines),
                      input_kind="image", info=info, progress=progress)
 
@@ -80,13 +80,13 @@ class _Vision:
     def __init__(self, size: int):
         self.size = size
 
-    def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> _Draw:
-        want_inside, want_contact = _relation_cells(rng, view, n)
-        pairs = _cycle(rng, n, combos)
+    def draw(self, view: str, n: int, combos: np.ndarray, rng: np.random.Generator) -> Draw:
+        want_inside, want_contact = relation_cells(rng, view, n)
+        pairs = cycle(rng, n, combos)
         outer, inner = pairs // len(SHAPES), pairs % len(SHAPES)
         images, inside, contact = _render(rng, outer, inner, want_inside, want_contact, self.size)
         labels = {"inside": inside, "contact": contact, "outer_shape": outer, "inner_shape": inner}
-        return _Draw(images, _relation_targets(view, self.subroutines, inside, contact), pairs,
+        return Draw(images, relation_targets(view, self.subroutines, inside, contact), pairs,
                      labels)
 
     def encode(self, raw: list[np.ndarray]) -> list[torch.Tensor]:
