@@ -85,8 +85,10 @@ class FitConfig:
     backbone, ``weight_decay``, a linear warm-up over the first ``warmup`` share of the steps,
     then a constant rate (``schedule="constant"``) or a cosine decay to zero (``"cosine"``).
     ``stop_at``: stop after the epoch whose metric on a held-out ``validation_fraction`` of the
-    training data reaches this value (the test data are never looked at). :meth:`scratch` is the
-    recipe for a randomly initialised network, which a fine-tuning recipe does not train.
+    training data reaches this value (the test data are never looked at). ``max_grad_norm``:
+    clip the gradient of all trained parameters to this total norm before each step (``None``:
+    no clipping). :meth:`scratch` is the recipe for a randomly initialised network, which a
+    fine-tuning recipe does not train.
     """
 
     epochs: int = 8
@@ -105,6 +107,7 @@ class FitConfig:
     schedule: str = "constant"
     stop_at: float | None = None
     validation_fraction: float = 0.0
+    max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         check(self, {"epochs": Int(1), "lr": Real(0, low_open=True), "finetune": Bool(none=True),
@@ -113,7 +116,8 @@ class FitConfig:
                      "read_at": Text(none=True), "weight_decay": Real(0),
                      "warmup": Real(0, 1, high_open=True), "schedule": OneOf(SCHEDULES),
                      "stop_at": Real(none=True),
-                     "validation_fraction": Real(0, 1, high_open=True)})
+                     "validation_fraction": Real(0, 1, high_open=True),
+                     "max_grad_norm": Real(0, low_open=True, none=True)})
         if self.stop_at is not None and self.validation_fraction == 0:
             raise ValueError(f"stop_at={self.stop_at} stops on held-out training data, but "
                              "validation_fraction is 0: set e.g. validation_fraction=0.1")
@@ -132,12 +136,13 @@ class FitConfig:
     def scratch(cls, **overrides: Any) -> "FitConfig":
         """The from-scratch recipe for a randomly initialised network (e.g. a random-init twin):
         the whole network trained at ``backbone_lr`` 3e-4 with 10% warm-up and cosine decay,
-        weight decay 0.01, up to 40 epochs, stopping once 10% of the training data held out
-        reach ``stop_at`` 0.98. ``docs/comparison.md`` records what it takes for MiniLM's
-        architecture to learn the language task this way."""
+        weight decay 0.01, gradients clipped to norm 1, up to 40 epochs, stopping once 10% of
+        the training data held out reach ``stop_at`` 0.98. ``docs/comparison.md`` records what
+        it takes for MiniLM's architecture to learn the language task this way."""
         settings: dict[str, Any] = dict(mode="finetune", epochs=40, lr=1e-3, backbone_lr=3e-4,
                                         weight_decay=0.01, warmup=0.1, schedule="cosine",
-                                        stop_at=0.98, validation_fraction=0.1)
+                                        stop_at=0.98, validation_fraction=0.1,
+                                        max_grad_norm=1.0)
         settings.update(overrides)
         return cls(**settings)
 
@@ -323,6 +328,9 @@ def _train(model: HookedModel, readout: Readout | None, data: Subroutine, config
                                              "lower FitConfig.lr / backbone_lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in groups for p in g["params"]], config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 total += loss.item() * len(targets)

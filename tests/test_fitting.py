@@ -207,3 +207,22 @@ def test_competence_is_measured_from_chance_to_perfect(test, chance, competent):
         assert gate["text"].startswith("cannot judge: the model does not solve the task (accuracy")
     lenient = competence(_result(test, chance), threshold=0.01)["competent"]
     assert lenient is (test >= chance + 0.01 * (1 - chance))
+
+
+def test_gradient_clipping_bounds_each_step():
+    """With the gradient clipped to a vanishing norm, Adam's steps shrink to nothing (its epsilon
+    dominates), so the fine-tuned copy stays where it started; unclipped it moves. The
+    from-scratch recipe clips to norm 1."""
+    train, test = _xor_task()
+    model = mp.scratch.mlp([2, 64, 64], seed=0)
+    moved = {}
+    for clip in (None, 1e-12):
+        fitted, _, _ = fit(model, train, test, n_outputs=2, config=FitConfig(
+            epochs=1, lr=1e-2, backbone_lr=1e-2, finetune=True, max_grad_norm=clip,
+            progress=False))
+        moved[clip] = max(float((a - b).abs().max()) for a, b in zip(
+            fitted.module.parameters(), model.module.parameters()))
+    assert moved[None] > 1e-3 and moved[1e-12] < 1e-5
+    assert FitConfig.scratch().max_grad_norm == 1.0
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        FitConfig(max_grad_norm=0)
