@@ -29,17 +29,23 @@ KEYS = ["task.support", "task.frac_ood", "model.width"]
 
 
 def deep_probes(table, probes):
-    """Per cell: mean probe R² of the module strengths at the deepest probed layer, within
-    training combinations (``deep_r2``) and fitted on training / scored on held-out ones
-    (``transfer_r2``), and the same at the input (``input_r2``)."""
+    """Per cell: the median over modules of the probe R² of the module strengths at the deepest
+    probed layer, within training combinations (``deep_r2``) and fitted on training / scored on
+    held-out ones (``transfer_r2``), and the same at the input (``input_r2``); ``failed``: the
+    share of the deep probes with R² < 0 (worse than predicting the mean). The median, because
+    on untrained networks a quarter of the deep ridge probes fail out of fold, some with R² in
+    the hundreds below zero, which would decide a mean on their own."""
     strengths = probes[probes["constituent"].str.startswith("strength_")]
     deepest = [h for h in strengths["hook"].unique() if h != "input"][-1]
     out = table[["cell", *KEYS, "seed", "config.fit.finetune", "fit.test", "fit.heldout"]].copy()
     for name, hook, column in (("deep_r2", deepest, "score"),
                                ("transfer_r2", deepest, "heldout_score"),
                                ("input_r2", "input", "score")):
-        means = strengths[strengths["hook"] == hook].groupby("cell")[column].mean()
-        out[name] = out["cell"].map(means)
+        medians = strengths[strengths["hook"] == hook].groupby("cell")[column].median()
+        out[name] = out["cell"].map(medians)
+    failed = (strengths[strengths["hook"] == deepest]["score"] < 0).groupby(
+        strengths["cell"]).mean()
+    out["failed"] = out["cell"].map(failed)
     return out, deepest
 
 
@@ -49,7 +55,8 @@ def summarise(cells):
     finetuned = cells["config.fit.finetune"].astype(bool)
     trained = cells[finetuned].set_index([*KEYS, "seed"])
     untrained = cells[~finetuned].set_index([*KEYS, "seed"])
-    paired = trained.join(untrained[["deep_r2", "transfer_r2"]], rsuffix="_untrained", how="left")
+    paired = trained.join(untrained[["deep_r2", "transfer_r2", "failed"]].add_suffix("_untrained"),
+                          how="left")
     paired["deep_gain"] = paired["deep_r2"] - paired["deep_r2_untrained"]
     paired["transfer_gain"] = paired["transfer_r2"] - paired["transfer_r2_untrained"]
     grouped = paired.groupby(KEYS)
@@ -57,6 +64,7 @@ def summarise(cells):
                           ood_r2=("fit.heldout", "mean"), ood_r2_sd=("fit.heldout", "std"),
                           deep_r2=("deep_r2", "mean"),
                           deep_r2_untrained=("deep_r2_untrained", "mean"),
+                          failed=("failed", "mean"), failed_untrained=("failed_untrained", "mean"),
                           deep_gain=("deep_gain", "mean"), transfer_r2=("transfer_r2", "mean"),
                           transfer_gain=("transfer_gain", "mean"))
     return summary.reset_index(), paired.reset_index()

@@ -541,6 +541,26 @@ def test_a_task_like_object_stands_for_inputs_labels_and_groups():
 
 
 # ----------------------------------------------------------------- robustness
+@pytest.mark.parametrize("engine", ["torch", "sklearn"])
+def test_a_unit_nearly_constant_on_a_folds_training_rows_does_not_blow_up_the_probe(engine):
+    """A ReLU-like unit that fires only for one combination is nearly constant (spread 1e-7) on
+    the training rows of the fold that holds that combination out; standardising it by that
+    spread made its evaluation rows 10^7 large and the ridge probe's R^2 about -1000. The
+    scale floor keeps the probe at the R^2 the informative features give."""
+    n, groups = 400, 10
+    z = torch.randn(n, generator=_gen(1)).double()
+    group = torch.arange(n) % groups
+    table = torch.randn(n, 8, generator=_gen(2))
+    table[:, :4] += 2 * z.float()[:, None]
+    spike = 1e-7 * torch.randn(n, generator=_gen(3))
+    spike[group == 0] = 1.0 + z.float()[group == 0]
+    table = torch.cat([table, spike[:, None]], 1)
+    report = decodability(Stored([table]), torch.arange(n), {"z": z}, groups=group,
+                          control=False, engine=engine, **FAST)
+    score = report.rows[-1]["score"]
+    assert 0.8 < score < 1.0, score
+
+
 def test_a_constant_constituent_is_left_out_with_a_warning_not_an_error():
     n = 120
     y = torch.arange(n) % 2

@@ -32,6 +32,19 @@ from .folds import Split
 ENGINES = ("torch", "sklearn")
 _CHUNK_BYTES = 1 << 30  # working memory of one batched solve
 _SMALL_WORK = 10 ** 8  # multiply-adds per pass below which a chunk runs on one CPU thread
+# A feature is scaled by at most 1 / (SCALE_FLOOR x the RMS spread of the layer's features) when it
+# is standardised: a unit nearly constant on a fold's training rows (a ReLU that fires for a few
+# combinations) would otherwise be blown up on the evaluation rows where it varies, and one such
+# unit can push a ridge probe's out-of-fold R^2 to -1000 (seen on untrained width-512 MLPs).
+SCALE_FLOOR = 1e-2
+
+
+def feature_scale(std: torch.Tensor) -> torch.Tensor:
+    """The divisor that standardises each feature: its spread, floored at ``SCALE_FLOOR`` times
+    the root-mean-square spread of all features (1 where every feature is constant)."""
+    floor = SCALE_FLOOR * std.pow(2).mean().sqrt()
+    scale = std.clamp_min(float(floor))
+    return torch.where(scale < 10 * torch.finfo(std.dtype).eps, torch.ones_like(scale), scale)
 
 
 def fit_predict(features: Sequence[torch.Tensor], splits: Sequence[Split], labels: torch.Tensor,
@@ -179,8 +192,7 @@ def _standardised(pairs, features, splits, dev, dtype):
         if h not in converted:
             converted = {h: features[h].to(dev, dtype)}
         x = converted[h]
-        mean, std = x[train].mean(0), x[train].std(0, unbiased=False)
-        std = torch.where(std < 10 * torch.finfo(dtype).eps, torch.ones_like(std), std)
+        mean, std = x[train].mean(0), feature_scale(x[train].std(0, unbiased=False))
         x_tr[b, :len(train)] = (x[train] - mean) / std
         x_ev[b, :len(evaluate)] = (x[evaluate] - mean) / std
         mask[b, :len(train)] = True
@@ -269,6 +281,7 @@ def _sklearn(features, splits, labels, n_classes, reg, max_iter, tol, progress, 
             train, evaluate = splits[s]
             x = features[h].double().numpy()
             scaler = StandardScaler().fit(x[train])
+            scaler.scale_ = feature_scale(torch.from_numpy(np.sqrt(scaler.var_))).numpy()
             x_tr, x_ev = scaler.transform(x[train]), scaler.transform(x[evaluate])
             pred = np.zeros((len(evaluate), n_sets, n_reg))
             for l, g in product(range(n_sets), range(n_reg)):
