@@ -51,8 +51,8 @@ def vision(out: Path, seeds: tuple[int, ...], quick: bool) -> mp.comparison.Comp
     task = mp.tasks.load("vision", seed=0, image_size=size,
                          **(dict(n_train=128, n_test=64) if quick else dict(n_train=2048,
                                                                              n_test=256)))
-    config = (vision_config(epochs=2, scratch_epochs=2, mask_epochs=4, n_random=20, probe_cv=2,
-                            twin_check=False, max_rounds=2) if quick else vision_config())
+    config = (vision_config(epochs=2, mask_epochs=4, n_random=20, probe_cv=2, twin_check=False,
+                            max_rounds=2) if quick else vision_config())
     cnn = pretrained_shape_cnn(size, n_images=256 if quick else 3072, epochs=2 if quick else 25)
     return mp.compare(cnn, task, seeds=seeds, out=out / "vision", config=config)
 
