@@ -305,6 +305,7 @@ def _train(model: HookedModel, readout: Readout | None, data: Subroutine, config
     if finetune:
         groups.append({"params": list(model.module.parameters()), "lr": config.backbone_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    trained = [p for g in groups for p in g["params"]]  # what gradient clipping bounds
     train_data = dataclasses.replace(data, batch_size=config.batch_size)
     # the schedule needs the number of steps; a constant rate without warm-up does not
     scheduled = config.warmup > 0 or config.schedule != "constant"
@@ -329,8 +330,7 @@ def _train(model: HookedModel, readout: Readout | None, data: Subroutine, config
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for g in groups for p in g["params"]], config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 total += loss.item() * len(targets)
