@@ -238,15 +238,16 @@ _SHORTHAND_OPTIONS = {"n_random": "n_random", "strategy": "strategy", "mask_meth
                       "probe_measure": "probe_measure"}
 
 
-# Old options and option values still accepted, each with a warning naming its new name:
-# {old option dest: new option dest} and {option dest: {old value: new value}}.
-_RENAMED_OPTIONS = {"mask_lambda": "l0_lambda"}
+# Old option values still accepted, each with a warning naming its new name:
+# {option dest: {old value: new value}}. Old options are AnalysisConfig's renamed shorthands.
 _RENAMED_VALUES = {"probe_measure": {"accuracy": "score"}, "probe_pooling": {"none": "tokens"}}
 
 
 def _renamed(args: argparse.Namespace) -> None:
     """Old options and option values replaced by their new names in ``args``, with a warning."""
-    for old, new in _RENAMED_OPTIONS.items():
+    from .analysis import RENAMED_SHORTHANDS
+
+    for old, new in RENAMED_SHORTHANDS.items():
         if getattr(args, old, None) is not None:
             log.warning("--%s is deprecated; use --%s", old.replace("_", "-"),
                         new.replace("_", "-"))
