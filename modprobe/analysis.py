@@ -67,7 +67,7 @@ _PROBE = probes.ProbeConfig(measure=("score", "mdl"))
 
 @dataclass(frozen=True, init=False)
 class AnalysisConfig:
-    """Everything that decides an analysis' numbers (it is part of the resume fingerprint).
+    """Everything that decides an analysis' numbers (``run.json`` records it; a resume must match).
 
     One config per stage: ``fit`` (:class:`~modprobe.fitting.FitConfig`, or just its mode:
     ``"finetune"``, ``"head"`` or ``"as_is"``), ``mask`` (:class:`~modprobe.pruning.MaskConfig`:
@@ -272,7 +272,7 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     mask_config = config.mask.replace(params=targets["params"],
                                       share_prefix=config.reuse_activations)
     _check_inputs(hm, task, config, label)
-    store = (_Store(Path(out), fingerprint(hm, task, config, mask_config, label))
+    store = (_Store(Path(out), fingerprint(hm, task, label), settings_of(config, mask_config))
              if out is not None else None)
 
     timings: dict[str, dict[str, Any]] = {}
@@ -768,19 +768,29 @@ def package_versions() -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- storage
 class _Store:
-    """The ``out/`` directory: a fingerprint guards against resuming a different run."""
+    """The ``out/`` directory. ``run.json`` records the model's and task's fingerprint and every
+    setting; a rerun resumes only when the fingerprint matches and no setting differs (a setting
+    that one side lacks is read at its default, so a field added to a config later, at a default
+    that keeps the old behaviour, does not orphan the runs made before it)."""
 
-    def __init__(self, root: Path, fingerprint: str):
+    def __init__(self, root: Path, fingerprint: str, settings: dict[str, Any]):
         self.root = root
         (root / "stages").mkdir(parents=True, exist_ok=True)
         run = root / "run.json"
         if run.exists():
-            saved = _validate.read_json(run, kind="run", required=("fingerprint",))["fingerprint"]
-            if saved != fingerprint:
-                raise ValueError(f"{root} holds a run with another model, task or configuration; "
-                                 "pass a new out= directory (or delete this one) to start afresh")
+            saved = _validate.read_json(run, kind="run", required=("fingerprint",))
+            if saved["fingerprint"] != fingerprint or "settings" not in saved:
+                raise ValueError(f"{root} holds a run of another model or task (or one made by "
+                                 "a modprobe older than schema 4's settings record); pass a new "
+                                 "out= directory (or delete this one) to start afresh")
+            changed = changed_settings(saved["settings"], settings)
+            if changed:
+                shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in changed[:4])
+                more = f"; and {len(changed) - 4} more" if len(changed) > 4 else ""
+                raise ValueError(f"{root} holds a run with other settings ({shown}{more}); pass "
+                                 "a new out= directory (or delete this one) to start afresh")
         else:
-            _write_stage(run, "run", {"fingerprint": fingerprint})
+            _write_stage(run, "run", {"fingerprint": fingerprint, "settings": settings})
 
     def path(self, name: str) -> Path:
         return self.root / ("masks" if name == "masks" else f"stages/{name}")
@@ -810,10 +820,9 @@ class _Store:
             save(value, target)
 
 
-def fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig,
-                 mask_config: pruning.MaskConfig, label: str) -> str:
+def fingerprint(hm: HookedModel, task: Any, label: str) -> str:
     """sha256 of the model's content (every parameter's and buffer's name, dtype, shape and
-    bytes), the task and every setting, including the pruning defaults the config leaves open."""
+    bytes), the task and the label; the settings are recorded beside it (:func:`settings_of`)."""
     digest = hashlib.sha256()
     with torch.no_grad():
         for kind, named in (("param", hm.module.named_parameters()),
@@ -822,11 +831,44 @@ def fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig,
                 tensor = tensor.detach().cpu().contiguous()
                 digest.update(f"{kind}:{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
                 digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    blob = json.dumps({"config": config.to_dict(), "mask": mask_config.to_dict(),
-                       "task": task.name, "options": task.options, "model": repr(hm),
+    blob = json.dumps({"task": task.name, "options": task.options, "model": repr(hm),
                        "output": hm.output, "label": label}, sort_keys=True, default=str)
     digest.update(blob.encode())
     return digest.hexdigest()
+
+
+#: Settings that change how a run shows its work, not its numbers; a resume may differ in them.
+PRESENTATION_SETTINGS = ("progress",)
+
+
+def settings_of(config: AnalysisConfig, mask_config: pruning.MaskConfig) -> dict[str, Any]:
+    """Every setting that decides the numbers, by dotted name (``fit.epochs``, ``mask.params``),
+    including the pruning defaults the config leaves open, as JSON values."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        elif prefix.rsplit(".", 1)[-1] not in PRESENTATION_SETTINGS:
+            flat[prefix] = value
+
+    walk("", json.loads(json.dumps({"config": config.to_dict(), "mask": mask_config.to_dict()},
+                                   default=str)))
+    return flat
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(name, saved value, current value)`` for each setting that differs; a name only one side
+    records is read at its default there (absent from both defaults, it differs)."""
+    default = settings_of(AnalysisConfig(progress=False), pruning.MaskConfig())
+    missing = object()
+    out = []
+    for name in sorted(saved.keys() | now.keys()):
+        a, b = saved.get(name, default.get(name, missing)), now.get(name, default.get(name, missing))
+        if a != b:
+            out.append((name, None if a is missing else a, None if b is missing else b))
+    return out
 
 
 def _save_parameters(module: torch.nn.Module, path: Path) -> None:

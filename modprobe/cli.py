@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .ablation import STRATEGIES
-from .probes import POOLINGS, measures
+from .probes import POOLINGS, RENAMED_VALUES, measures
 from .pruning import methods
 from .pruning.layout import GRANULARITIES
 
@@ -240,7 +240,7 @@ _SHORTHAND_OPTIONS = {"n_random": "n_random", "strategy": "strategy", "mask_meth
 
 # Old option values still accepted, each with a warning naming its new name:
 # {option dest: {old value: new value}}. Old options are AnalysisConfig's renamed shorthands.
-_RENAMED_VALUES = {"probe_measure": {"accuracy": "score"}, "probe_pooling": {"none": "tokens"}}
+_RENAMED_VALUES = {f"probe_{setting}": names for setting, names in RENAMED_VALUES.items()}
 
 
 def _renamed(args: argparse.Namespace) -> None:

@@ -125,8 +125,28 @@ def test_an_interrupted_stage_leaves_no_partial_file_and_the_rerun_completes(pla
 
 def test_resuming_with_another_configuration_is_refused(planted, analysis):
     other = mp.AnalysisConfig(seed=1, progress=False)
-    with pytest.raises(ValueError, match="another model, task or configuration"):
+    with pytest.raises(ValueError, match=r"other settings \(.*config.ablation.seed: 0 there, "
+                                         r"1 now; .*; and \d+ more\)"):
         mp.analyze(planted[0], planted[1], out=analysis.out, config=other)
+
+
+def test_a_run_resumes_across_a_setting_added_at_its_default_and_a_progress_change(
+        planted, analysis, monkeypatch):
+    """run.json written before a setting existed (here: without ``fit.max_grad_norm``) still
+    resumes when the setting is at its default, and showing progress or not changes no number;
+    the same setting away from its default is refused, named."""
+    run = analysis.out / "run.json"
+    saved = json.loads(run.read_text())
+    del saved["settings"]["config.fit.max_grad_norm"]
+    run.write_text(json.dumps(saved))
+    monkeypatch.setattr(mp.pruning, "train_subnetworks",
+                        lambda *a, **k: pytest.fail("masks were already trained"))
+    again = mp.analyze(planted[0], planted[1], out=analysis.out,
+                       config=dataclasses.replace(CONFIG, progress=True))
+    assert again.scalars == analysis.scalars
+    clipped = dataclasses.replace(CONFIG, fit=dataclasses.replace(CONFIG.fit, max_grad_norm=1.0))
+    with pytest.raises(ValueError, match=r"config.fit.max_grad_norm: None there, 1.0 now"):
+        mp.analyze(planted[0], planted[1], out=analysis.out, config=clipped)
 
 
 def _version_3(current):
@@ -184,7 +204,7 @@ def test_resuming_with_any_nested_setting_changed_is_refused(planted, analysis):
     """The fingerprint covers every field of the nested stage configs, including those no
     shorthand names, so masks trained under other settings are never silently reused."""
     other = dataclasses.replace(CONFIG, mask=CONFIG.mask.replace(margin=0.1))
-    with pytest.raises(ValueError, match="another model, task or configuration"):
+    with pytest.raises(ValueError, match=r"other settings \(config.mask.margin: .* mask.margin"):
         mp.analyze(planted[0], planted[1], out=analysis.out, config=other)
 
 

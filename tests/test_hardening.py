@@ -192,7 +192,7 @@ def test_resume_with_permuted_weights_of_the_same_sum_is_refused(tmp_path, monke
     with torch.no_grad():
         permuted.fc2.weight.copy_(permuted.fc2.weight.flip(0))
     assert permuted.fc2.weight.sum() == model.fc2.weight.sum()
-    with pytest.raises(ValueError, match="another model, task or configuration"):
+    with pytest.raises(ValueError, match="holds a run of another model or task"):
         mp.analyze(permuted, tiny_task(), out=tmp_path, config=CONFIG)
 
 

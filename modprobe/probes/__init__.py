@@ -4,11 +4,12 @@
 comes from the measures registered in :mod:`.measures`.
 """
 from . import measures
-from .activations import POOLINGS
+from .activations import POOLINGS, RENAMED_VALUES
 from .decodability import ProbeConfig, decodability
 from .erasure import Erasure, ErasureReport, erase, erased, erasure_effects
 from .measures import ProbeBatch, ProbeMeasure
 from .report import ProbeReport
 
-__all__ = ["POOLINGS", "Erasure", "ErasureReport", "ProbeBatch", "ProbeConfig", "ProbeMeasure",
-           "ProbeReport", "decodability", "erase", "erased", "erasure_effects", "measures"]
+__all__ = ["POOLINGS", "RENAMED_VALUES", "Erasure", "ErasureReport", "ProbeBatch", "ProbeConfig",
+           "ProbeMeasure", "ProbeReport", "decodability", "erase", "erased", "erasure_effects",
+           "measures"]

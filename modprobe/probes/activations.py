@@ -25,13 +25,17 @@ from ..subroutine import index_inputs, move_to
 
 INPUT = "input"
 POOLINGS = ("mean", "first", "last", "tokens")
+#: Old option values still read, with a DeprecationWarning: setting -> {old: new}. The CLI reads
+#: this map too (``--probe-pooling none`` is ``--probe-pooling tokens``).
+RENAMED_VALUES = {"pooling": {"none": "tokens"}, "measure": {"accuracy": "score"}}
 
 
 def pooling_name(pooling: Any, where: str, stacklevel: int = 4) -> Any:
     """``pooling``, with the old name ``"none"`` (every position its own row) read as
     ``"tokens"`` and a DeprecationWarning; ``where`` names the setting, ``stacklevel`` the
     caller's frame for the warning (as for :func:`warnings.warn`, counted from here)."""
-    return renamed(pooling, "none", "tokens", where, stacklevel=stacklevel + 1)
+    (old, new), = RENAMED_VALUES["pooling"].items()
+    return renamed(pooling, old, new, where, stacklevel=stacklevel + 1)
 
 
 @dataclass

@@ -21,8 +21,8 @@ import torch
 
 from ..models import HookedModel, wrap
 from ..subroutine import check_runs, index_inputs
-from .activations import (INPUT, POOLINGS, check_hooks, collect, default_hooks, input_rows,
-                          n_examples, pooling_name)
+from .activations import (INPUT, POOLINGS, RENAMED_VALUES, check_hooks, collect, default_hooks,
+                          input_rows, n_examples, pooling_name)
 from . import mdl, measures  # noqa: F401  (importing mdl registers its measure)
 from .folds import Splits, control_labels, nested_splits
 from .linear import ENGINES, fit_predict, free_cores
@@ -81,7 +81,8 @@ class ProbeConfig:
                                                          stacklevel=4))
         as_tuple(self, "measure")
         check(self, {"measure": Strings()})
-        named = (renamed(m, "accuracy", "score", "ProbeConfig.measure", 5) for m in self.measure)
+        (old, new), = RENAMED_VALUES["measure"].items()
+        named = (renamed(m, old, new, "ProbeConfig.measure", 5) for m in self.measure)
         object.__setattr__(self, "measure", tuple(dict.fromkeys(("score", *named))))
         as_tuple(self, "c_grid", "alpha_grid", scalars=True)
         check(self, {"pooling": OneOf(POOLINGS), "cv": Int(2), "inner_cv": Int(2),
