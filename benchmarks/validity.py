@@ -9,6 +9,7 @@ module, and the ablation effect with its conservative lower end.
     .venv/bin/python benchmarks/validity.py --families branches rotated --seeds 0 1 --widths 32
     .venv/bin/python benchmarks/validity.py --jobs 2 --out runs/validity.json   # 1 thread per job
     .venv/bin/python benchmarks/validity.py --necessity none     # sufficiency only, for contrast
+    .venv/bin/python benchmarks/validity.py --without-speedups   # the settings before issue 17
 
 Target (issue 12): the right verdict in >= 90% of cells and no false "isolated" on the
 bottleneck, rotated, entangled and random-init families.
@@ -34,11 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--necessity", choices=pruning.NECESSITY, default="peel",
                         help="none: ablate the sufficient subnetwork only (the method before "
                         "necessity searches), to see what peeling changes")
+    parser.add_argument("--without-speedups", action="store_true",
+                        help="train masks as before the speed work: each grid point in its own "
+                        "pass (share_prefix=False) and the 1%%-of-kept settling rule alone "
+                        "(stable_total=0), to compare the verdicts with the default's")
     parser.add_argument("--out", type=Path, default=None, help="also write every row as JSON")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    mask_config = pruning.MaskConfig(necessity=args.necessity)
+    if args.without_speedups:
+        mask_config = mask_config.replace(share_prefix=False, stable_total=0.0)
     report = validate.run_suite(args.families, args.widths, args.seeds, jobs=args.jobs,
-                                mask_config=pruning.MaskConfig(necessity=args.necessity))
+                                mask_config=mask_config)
     cells = len(args.families) * len(args.widths) * len(args.seeds)
     elapsed = time.perf_counter() - start
     print(f"{cells} cells, {len(report.rows)} subnetworks, {elapsed / 60:.1f} min "
