@@ -272,7 +272,8 @@ def analyze(model: Any, task: Any, out: str | Path | None = None,
     mask_config = config.mask.replace(params=targets["params"],
                                       share_prefix=config.reuse_activations)
     _check_inputs(hm, task, config, label)
-    store = (_Store(Path(out), fingerprint(hm, task, label), settings_of(config, mask_config))
+    store = (_Store(Path(out), fingerprint(hm, task, label), settings_of(config, mask_config),
+                    lambda: unrecorded_fingerprint(hm, task, config, mask_config, label))
              if out is not None else None)
 
     timings: dict[str, dict[str, Any]] = {}
@@ -771,18 +772,27 @@ class _Store:
     """The ``out/`` directory. ``run.json`` records the model's and task's fingerprint and every
     setting; a rerun resumes only when the fingerprint matches and no setting differs (a setting
     that one side lacks is read at its default, so a field added to a config later, at a default
-    that keeps the old behaviour, does not orphan the runs made before it)."""
+    that keeps the old behaviour, does not orphan the runs made before it). A ``run.json`` from
+    before settings were recorded resumes when ``unrecorded()`` (its one-hash fingerprint)
+    matches, and is rewritten in the current form."""
 
-    def __init__(self, root: Path, fingerprint: str, settings: dict[str, Any]):
+    def __init__(self, root: Path, fingerprint: str, settings: dict[str, Any],
+                 unrecorded: Callable[[], str]):
         self.root = root
         (root / "stages").mkdir(parents=True, exist_ok=True)
         run = root / "run.json"
         if run.exists():
             saved = _validate.read_json(run, kind="run", required=("fingerprint",))
-            if saved["fingerprint"] != fingerprint or "settings" not in saved:
-                raise ValueError(f"{root} holds a run of another model or task (or one made by "
-                                 "a modprobe older than schema 4's settings record); pass a new "
-                                 "out= directory (or delete this one) to start afresh")
+            if "settings" not in saved:
+                if saved["fingerprint"] != unrecorded():
+                    raise ValueError(f"{root} holds a run with another model, task or settings "
+                                     "(made before run.json named its settings); pass a new out= "
+                                     "directory (or delete this one) to start afresh")
+                saved = {"fingerprint": fingerprint, "settings": settings}
+                _write_stage(run, "run", saved)
+            if saved["fingerprint"] != fingerprint:
+                raise ValueError(f"{root} holds a run of another model or task; pass a new out= "
+                                 "directory (or delete this one) to start afresh")
             changed = changed_settings(saved["settings"], settings)
             if changed:
                 shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in changed[:4])
@@ -823,6 +833,27 @@ class _Store:
 def fingerprint(hm: HookedModel, task: Any, label: str) -> str:
     """sha256 of the model's content (every parameter's and buffer's name, dtype, shape and
     bytes), the task and the label; the settings are recorded beside it (:func:`settings_of`)."""
+    digest = _content_digest(hm)
+    digest.update(json.dumps({"task": task.name, "options": task.options, "model": repr(hm),
+                              "output": hm.output, "label": label},
+                             sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def unrecorded_fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig,
+                           mask_config: pruning.MaskConfig, label: str) -> str:
+    """The fingerprint of a ``run.json`` written before settings were recorded beside it: the
+    model's content, the task and every setting in one hash."""
+    digest = _content_digest(hm)
+    digest.update(json.dumps({"config": config.to_dict(), "mask": mask_config.to_dict(),
+                              "task": task.name, "options": task.options, "model": repr(hm),
+                              "output": hm.output, "label": label},
+                             sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _content_digest(hm: HookedModel) -> Any:
+    """A sha256 fed every parameter's and buffer's name, dtype, shape and bytes."""
     digest = hashlib.sha256()
     with torch.no_grad():
         for kind, named in (("param", hm.module.named_parameters()),
@@ -831,10 +862,7 @@ def fingerprint(hm: HookedModel, task: Any, label: str) -> str:
                 tensor = tensor.detach().cpu().contiguous()
                 digest.update(f"{kind}:{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
                 digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    blob = json.dumps({"task": task.name, "options": task.options, "model": repr(hm),
-                       "output": hm.output, "label": label}, sort_keys=True, default=str)
-    digest.update(blob.encode())
-    return digest.hexdigest()
+    return digest
 
 
 #: Settings that change how a run shows its work, not its numbers; a resume may differ in them.

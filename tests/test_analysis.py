@@ -200,6 +200,29 @@ def test_a_version_2_results_file_reads_in_the_current_vocabulary(analysis, tmp_
         mp.analysis.read_results(tmp_path / "results.json")
 
 
+def test_a_run_json_from_before_settings_were_recorded_resumes_and_is_rewritten(
+        planted, analysis, tmp_path, monkeypatch):
+    """A run.json that holds only the one-hash fingerprint (model, task and every setting)
+    resumes when that hash matches and is rewritten with its settings; another setting is
+    refused."""
+    out = tmp_path / "run"
+    shutil.copytree(analysis.out, out)
+    hm = mp.load_model(planted[0])
+    mask_config = CONFIG.mask.replace(params=mp.analysis.mask_targets(hm, CONFIG)["params"],
+                                      share_prefix=CONFIG.reuse_activations)
+    old = {"schema_version": 4, "kind": "run", "fingerprint":
+           mp.analysis.unrecorded_fingerprint(hm, planted[1], CONFIG, mask_config, "model")}
+    (out / "run.json").write_text(json.dumps(old))
+    other = dataclasses.replace(CONFIG, mask=CONFIG.mask.replace(margin=0.1))
+    with pytest.raises(ValueError, match="another model, task or settings .made before run.json"):
+        mp.analyze(planted[0], planted[1], out=out, config=other)
+    monkeypatch.setattr(mp.pruning, "train_subnetworks",
+                        lambda *a, **k: pytest.fail("masks were already trained"))
+    again = mp.analyze(planted[0], planted[1], out=out, config=CONFIG)
+    assert again.scalars == analysis.scalars
+    assert json.loads((out / "run.json").read_text())["settings"]["config.mask.margin"] == 0.05
+
+
 def test_resuming_with_any_nested_setting_changed_is_refused(planted, analysis):
     """The fingerprint covers every field of the nested stage configs, including those no
     shorthand names, so masks trained under other settings are never silently reused."""
