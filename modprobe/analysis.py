@@ -788,8 +788,8 @@ class _Store:
                     raise ValueError(f"{root} holds a run with another model, task or settings "
                                      "(made before run.json named its settings); pass a new out= "
                                      "directory (or delete this one) to start afresh")
-                saved = {"fingerprint": fingerprint, "settings": settings}
-                _write_stage(run, "run", saved)
+                _write_stage(run, "run", {"fingerprint": fingerprint, "settings": settings})
+                return
             if saved["fingerprint"] != fingerprint:
                 raise ValueError(f"{root} holds a run of another model or task; pass a new out= "
                                  "directory (or delete this one) to start afresh")
@@ -870,8 +870,9 @@ PRESENTATION_SETTINGS = ("progress",)
 
 
 def settings_of(config: AnalysisConfig, mask_config: pruning.MaskConfig) -> dict[str, Any]:
-    """Every setting that decides the numbers, by dotted name (``fit.epochs``, ``mask.params``),
-    including the pruning defaults the config leaves open, as JSON values."""
+    """Every setting that decides the numbers, by dotted name (``config.fit.epochs``,
+    ``mask.params``: the pruning settings as resolved, with the defaults the config leaves
+    open), as JSON values."""
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
