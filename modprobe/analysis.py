@@ -833,22 +833,27 @@ class _Store:
 def fingerprint(hm: HookedModel, task: Any, label: str) -> str:
     """sha256 of the model's content (every parameter's and buffer's name, dtype, shape and
     bytes), the task and the label; the settings are recorded beside it (:func:`settings_of`)."""
-    digest = _content_digest(hm)
-    digest.update(json.dumps({"task": task.name, "options": task.options, "model": repr(hm),
-                              "output": hm.output, "label": label},
-                             sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    return _digest(hm, _identity(hm, task, label))
 
 
 def unrecorded_fingerprint(hm: HookedModel, task: Any, config: AnalysisConfig,
                            mask_config: pruning.MaskConfig, label: str) -> str:
     """The fingerprint of a ``run.json`` written before settings were recorded beside it: the
     model's content, the task and every setting in one hash."""
+    return _digest(hm, {**_identity(hm, task, label), "config": config.to_dict(),
+                        "mask": mask_config.to_dict()})
+
+
+def _identity(hm: HookedModel, task: Any, label: str) -> dict[str, Any]:
+    """What names the model and task beside the model's bytes."""
+    return {"task": task.name, "options": task.options, "model": repr(hm), "output": hm.output,
+            "label": label}
+
+
+def _digest(hm: HookedModel, described: dict[str, Any]) -> str:
+    """sha256 of the model's content, then of ``described`` as sorted JSON."""
     digest = _content_digest(hm)
-    digest.update(json.dumps({"config": config.to_dict(), "mask": mask_config.to_dict(),
-                              "task": task.name, "options": task.options, "model": repr(hm),
-                              "output": hm.output, "label": label},
-                             sort_keys=True, default=str).encode())
+    digest.update(json.dumps(described, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
@@ -890,7 +895,7 @@ def settings_of(config: AnalysisConfig, mask_config: pruning.MaskConfig) -> dict
 def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """``(name, saved value, current value)`` for each setting that differs; a name only one side
     records is read at its default there (absent from both defaults, it differs)."""
-    default = settings_of(AnalysisConfig(progress=False), pruning.MaskConfig())
+    default = settings_of(AnalysisConfig(), pruning.MaskConfig())
     missing = object()
     out = []
     for name in sorted(saved.keys() | now.keys()):

@@ -34,8 +34,9 @@ def pooling_name(pooling: Any, where: str, stacklevel: int = 4) -> Any:
     """``pooling``, with the old name ``"none"`` (every position its own row) read as
     ``"tokens"`` and a DeprecationWarning; ``where`` names the setting, ``stacklevel`` the
     caller's frame for the warning (as for :func:`warnings.warn`, counted from here)."""
-    (old, new), = RENAMED_VALUES["pooling"].items()
-    return renamed(pooling, old, new, where, stacklevel=stacklevel + 1)
+    for old, new in RENAMED_VALUES["pooling"].items():
+        pooling = renamed(pooling, old, new, where, stacklevel=stacklevel + 1)
+    return pooling
 
 
 @dataclass

@@ -81,8 +81,9 @@ class ProbeConfig:
                                                          stacklevel=4))
         as_tuple(self, "measure")
         check(self, {"measure": Strings()})
-        (old, new), = RENAMED_VALUES["measure"].items()
-        named = (renamed(m, old, new, "ProbeConfig.measure", 5) for m in self.measure)
+        named = list(self.measure)
+        for old, new in RENAMED_VALUES["measure"].items():
+            named = tuple(renamed(m, old, new, "ProbeConfig.measure", 5) for m in named)
         object.__setattr__(self, "measure", tuple(dict.fromkeys(("score", *named))))
         as_tuple(self, "c_grid", "alpha_grid", scalars=True)
         check(self, {"pooling": OneOf(POOLINGS), "cv": Int(2), "inner_cv": Int(2),
